@@ -1,0 +1,53 @@
+"""Configuration of generation: one frozen dataclass, validated on creation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .model import GenerationParameters
+
+#: The embedded model: needs no key and no network (see `streamgate.core.embedded`).
+DEFAULT_MODEL = "streamgate/default"
+
+
+@dataclass(frozen=True, slots=True)
+class LiteLLMConfig:
+    """How streams are generated, limited and timed out.
+
+    The same configuration serves the gRPC core and the in-process
+    `StreamingHandler`, so both behave alike.
+    """
+
+    #: A litellm model string: "openai/gpt-4o", "anthropic/claude-3-5-sonnet", "ollama/llama3", ...
+    model: str = DEFAULT_MODEL
+    #: False: the provider answers in one piece, sent as one chunk and the final frame.
+    enable_streaming: bool = True
+    #: Seconds a whole stream may last.
+    stream_timeout: float = 300.0
+    #: Seconds to wait for the first token (includes connecting to the upstream).
+    first_token_timeout: float = 60.0
+    #: Seconds the upstream may stay silent between two tokens.
+    idle_timeout: float = 30.0
+    #: Streams open at once; the next one is refused at once, never queued.
+    max_concurrent_streams: int = 1000
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    #: Defaults for requests that leave a parameter unset.
+    parameters: GenerationParameters = field(default_factory=GenerationParameters)
+    #: Models a request may name; empty allows any model litellm knows.
+    allowed_models: tuple[str, ...] = ()
+    #: Pace of the embedded default model, in tokens per second (0: as fast as it can).
+    embedded_tokens_per_second: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.model.strip():
+            raise ValueError("model must not be empty")
+        for name in ("stream_timeout", "first_token_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+        if self.max_concurrent_streams < 1:
+            raise ValueError(f"max_concurrent_streams must be at least 1, got {self.max_concurrent_streams}")
+        if self.embedded_tokens_per_second < 0:
+            raise ValueError("embedded_tokens_per_second must not be negative")

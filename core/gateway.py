@@ -1,0 +1,287 @@
+"""The core's one seam: `Gateway.open(request)` admits a stream; iterating it yields events.
+
+Lifecycle of a stream (see ARCHITECTURE.md for the race it runs):
+
+    open()    validate the model, check draining and the concurrency limit;
+              refuse at once with StreamError (INVALID_ARGUMENT, UNAVAILABLE,
+              RESOURCE_EXHAUSTED): nothing started, nothing to close.
+    iterate   Chunk events, then exactly one Completion or Failure.
+              Each wait on the upstream is bounded by the earliest of: the
+              stream deadline, the first-token deadline (before the first
+              token) or the idle deadline (after it), and an abort (drain).
+    close     `aclose()` (or leaving `async with aclosing(stream)`) at any
+              point, including a cancelled consumer, closes the upstream
+              request and frees the slot. Exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Self
+
+from .errors import ErrorCode, StreamError
+from .metrics import GatewayMetrics, StreamClock
+from .model import Chunk, Completion, Event, Failure, StreamRequest, Usage
+from .provider import Provider
+
+logger = logging.getLogger("streamgate.core")
+
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class Gateway:
+    """Admits streams within the configured limits and tracks them to their end."""
+
+    def __init__(self, provider: Provider, metrics: GatewayMetrics | None = None) -> None:
+        self.provider = provider
+        self.config = provider.config
+        self.metrics = metrics or GatewayMetrics()
+        self._streams: set[GatewayStream] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    def open(self, request: StreamRequest) -> GatewayStream:
+        """Admit a stream, or refuse it at once with a `StreamError`."""
+        try:
+            if self.draining:
+                raise StreamError(ErrorCode.UNAVAILABLE, SHUTTING_DOWN, retryable=True)
+            model = self.provider.resolve_model(request.model)
+            limit = self.config.max_concurrent_streams
+            if len(self._streams) >= limit:
+                raise StreamError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"too many concurrent streams (limit {limit}); retry shortly",
+                    retryable=True,
+                )
+        except StreamError as error:
+            self.metrics.stream_rejected(error.code.value)
+            logger.info("stream %s refused: %s %s", request.request_id, error.code.value, error.message)
+            raise
+        stream = GatewayStream(self, request, model)
+        self._streams.add(stream)
+        self._idle.clear()
+        self.metrics.stream_started()
+        logger.debug("stream %s started: model=%s", request.request_id, model)
+        return stream
+
+    def _release(self, stream: GatewayStream) -> None:
+        self._streams.discard(stream)
+        if not self._streams:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no stream is open; False if `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new streams, let open ones finish for `grace` seconds, then end them with UNAVAILABLE."""
+        self.draining = True
+        if await self.wait_idle(grace):
+            return
+        logger.warning("drain: ending %d open stream(s) after %.1f s of grace", len(self._streams), grace)
+        error = StreamError(ErrorCode.UNAVAILABLE, SHUTTING_DOWN, retryable=True)
+        for stream in list(self._streams):
+            stream.abort(error)
+        await self.wait_idle(5.0)
+
+
+class GatewayStream(AsyncIterator[Event]):
+    """One admitted stream. Iterate it for events; `aclose()` it when done (always)."""
+
+    def __init__(self, gateway: Gateway, request: StreamRequest, model: str) -> None:
+        self._gateway = gateway
+        self.request = request
+        self.model = model
+        self._events: AsyncGenerator[Event, None] | None = None
+        self._waiting: asyncio.Timeout | None = None
+        self._abort: StreamError | None = None
+        self._closed = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._events is None:
+            if self._closed:
+                raise StopAsyncIteration
+            self._events = self._run()
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """Close the upstream request (if any) and free the slot. Safe to call more than once."""
+        if self._events is not None:
+            await self._events.aclose()
+        self._finish("cancelled", None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def abort(self, error: StreamError) -> None:
+        """End the stream with `error` as its final event, as soon as it next waits on the upstream."""
+        self._abort = error
+        if self._waiting is not None:
+            self._waiting.reschedule(-1.0)
+
+    def _finish(self, outcome: str, final: Completion | Failure | None) -> None:
+        """Record the stream's end and free its slot, once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._gateway._release(self)
+        request_id = self.request.request_id
+        if final is None:
+            self._gateway.metrics.stream_finished(self.model, outcome, StreamClock().finish(0), 0, 0, None)
+            logger.info("stream %s cancelled by the client", request_id)
+            return
+        self._gateway.metrics.stream_finished(
+            self.model,
+            outcome,
+            final.metrics,
+            final.usage.prompt_tokens,
+            final.usage.completion_tokens,
+            final.cost_usd,
+        )
+        m = final.metrics
+        if isinstance(final, Failure):
+            logger.warning(
+                "stream %s failed: %s %s (ttft=%.1fms chunks=%d)",
+                request_id,
+                final.error.code.value,
+                final.error.message,
+                m.ttft_ms,
+                m.chunks,
+            )
+        else:
+            logger.info(
+                "stream %s completed: model=%s finish=%s ttft=%.1fms duration=%.1fms tokens=%d+%d "
+                "tps=%.1f cost=%s",
+                request_id,
+                self.model,
+                final.finish_reason,
+                m.ttft_ms,
+                m.duration_ms,
+                final.usage.prompt_tokens,
+                final.usage.completion_tokens,
+                m.tokens_per_second,
+                final.cost_usd,
+            )
+
+    async def _run(self) -> AsyncGenerator[Event, None]:
+        config = self._gateway.config
+        provider = self._gateway.provider
+        request = self.request
+        loop = asyncio.get_running_loop()
+        clock = StreamClock()
+        start = loop.time()
+        timeout = min(request.timeout or config.stream_timeout, config.stream_timeout)
+        deadline = start + timeout
+        first_deadline = start + config.first_token_timeout
+        idle = config.idle_timeout
+        parts: list[str] = []
+        usage: Usage | None = None
+        finish_reason = "stop"
+        error: StreamError | None = None
+        upstream = provider.stream(request, self.model)
+        try:
+            try:
+                while True:
+                    if self._abort is not None:
+                        raise self._abort
+                    step = first_deadline if clock.first_token is None else loop.time() + idle
+                    limit = min(deadline, step)
+                    try:
+                        async with asyncio.timeout_at(limit) as waiting:
+                            self._waiting = waiting
+                            delta = await anext(upstream)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        if self._abort is not None:
+                            raise self._abort from None
+                        raise self._timeout_error(
+                            limit == deadline, clock.first_token is None, timeout
+                        ) from None
+                    finally:
+                        self._waiting = None
+                    if delta.content:
+                        clock.chunk()
+                        parts.append(delta.content)
+                        yield Chunk(delta.content, clock.chunks - 1)
+                    if delta.finish_reason:
+                        finish_reason = delta.finish_reason
+                    if delta.usage is not None:
+                        usage = delta.usage
+            except StreamError as exc:
+                error = exc
+            except Exception as exc:  # a bug, not an expected failure: log it, still end the stream properly
+                logger.exception("stream %s: internal error", request.request_id)
+                error = StreamError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+            await upstream.aclose()
+            final = self._final("".join(parts), usage, finish_reason, error, clock)
+            self._finish("completed" if error is None else error.code.value.lower(), final)
+            yield final
+        finally:
+            # Reached on cancellation and on aclose() too: the upstream is closed either way.
+            await upstream.aclose()
+            self._finish("cancelled", None)
+
+    def _timeout_error(self, whole: bool, before_first: bool, timeout: float) -> StreamError:
+        config = self._gateway.config
+        if whole:
+            message = f"the stream took longer than its timeout of {timeout:g} s"
+        elif before_first:
+            message = f"upstream timed out: no first token within {config.first_token_timeout:g} s"
+        else:
+            message = f"upstream timed out: no token for {config.idle_timeout:g} s"
+        return StreamError(ErrorCode.DEADLINE_EXCEEDED, message, retryable=True)
+
+    def _final(
+        self,
+        text: str,
+        usage: Usage | None,
+        finish_reason: str,
+        error: StreamError | None,
+        clock: StreamClock,
+    ) -> Completion | Failure:
+        provider = self._gateway.provider
+        estimated = usage is None
+        if usage is None:
+            prompt = "\n".join(m.content for m in self.request.messages)
+            usage = Usage(provider.count_tokens(self.model, prompt), provider.count_tokens(self.model, text))
+        metrics = clock.finish(usage.completion_tokens)
+        cost = provider.cost(self.model, usage)
+        if error is None:
+            return Completion(
+                text=text,
+                finish_reason=finish_reason,
+                model=self.model,
+                usage=usage,
+                cost_usd=cost,
+                metrics=metrics,
+                request_id=self.request.request_id,
+                usage_estimated=estimated,
+            )
+        return Failure(
+            error=error,
+            partial_text=text,
+            model=self.model,
+            usage=usage,
+            cost_usd=cost,
+            metrics=metrics,
+            request_id=self.request.request_id,
+        )

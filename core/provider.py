@@ -1,0 +1,179 @@
+"""Providers: where tokens come from. `LiteLLMProvider` reaches any provider litellm knows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import litellm
+
+from . import embedded
+from .config import LiteLLMConfig
+from .errors import StreamError, invalid
+from .model import GenerationParameters, StreamRequest, Usage
+from .translate import translate
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One step of an upstream stream: text, and on the last steps the finish reason and usage."""
+
+    content: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model: str | None = None
+
+
+class Provider(Protocol):
+    """What the gateway needs from a source of tokens."""
+
+    config: LiteLLMConfig
+
+    def resolve_model(self, requested: str | None) -> str:
+        """The model a request will use; raises `StreamError(INVALID_ARGUMENT)` for one it cannot."""
+        ...
+
+    def stream(self, request: StreamRequest, model: str) -> AsyncIterator[Delta]:
+        """Deltas of one generation. Raises `StreamError`. Closing the iterator closes the upstream."""
+        ...
+
+    def count_tokens(self, model: str, text: str) -> int: ...
+
+    async def warm_up(self) -> None: ...
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        """Cost in US dollars, or None when the model's price is unknown."""
+        ...
+
+
+class LiteLLMProvider:
+    """Streams from any litellm model; the embedded `streamgate/default` needs no key."""
+
+    def __init__(self, config: LiteLLMConfig | None = None) -> None:
+        self.config = config or LiteLLMConfig()
+        litellm.suppress_debug_info = True
+        logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # litellm logs every call at INFO
+        embedded.register(self.config.embedded_tokens_per_second)
+        self._known: dict[str, str] = {}
+        # Fail at start-up, not on the first request, when the default model is unknown.
+        self.resolve_model(None)
+
+    def resolve_model(self, requested: str | None) -> str:
+        model = requested or self.config.model
+        if model in self._known:
+            return model
+        allowed = self.config.allowed_models
+        if requested and allowed and model not in allowed and model != self.config.model:
+            raise invalid(f"model {model!r} is not allowed here; allowed: {', '.join(allowed)}")
+        try:
+            _, provider, _, _ = litellm.get_llm_provider(model, api_base=self.config.api_base)
+        except Exception as exc:
+            raise invalid(
+                f"unknown model {model!r}: name it as litellm does, with its provider, "
+                "e.g. 'openai/gpt-4o-mini'"
+            ) from exc
+        if len(self._known) < 10_000:
+            self._known[model] = provider
+        return model
+
+    def _kwargs(self, request: StreamRequest, model: str) -> dict[str, Any]:
+        parameters = request.parameters.merged_over(self.config.parameters)
+        kwargs = parameters.to_kwargs()
+        kwargs.update(
+            model=model, messages=[m.to_openai() for m in request.messages], num_retries=0, drop_params=True
+        )
+        if self._known.get(model) == embedded.PROVIDER:
+            kwargs["tokens_per_second"] = self.config.embedded_tokens_per_second
+        else:
+            if self.config.api_base:
+                kwargs["api_base"] = self.config.api_base
+            if self.config.api_key:
+                kwargs["api_key"] = self.config.api_key
+        return kwargs
+
+    async def stream(self, request: StreamRequest, model: str) -> AsyncIterator[Delta]:
+        kwargs = self._kwargs(request, model)
+        if not self.config.enable_streaming:
+            async for delta in self._whole(kwargs):
+                yield delta
+            return
+        try:
+            upstream = await litellm.acompletion(
+                stream=True, stream_options={"include_usage": True}, **kwargs
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        try:
+            async for chunk in upstream:
+                yield _delta(chunk)
+        except StreamError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+        finally:
+            # A plain break would leave the upstream request running: close it.
+            await upstream.aclose()
+
+    async def _whole(self, kwargs: dict[str, Any]) -> AsyncIterator[Delta]:
+        try:
+            response = await litellm.acompletion(stream=False, **kwargs)
+        except Exception as exc:
+            raise translate(exc) from exc
+        choice = response.choices[0]
+        usage = getattr(response, "usage", None)
+        yield Delta(
+            content=choice.message.content or "",
+            finish_reason=choice.finish_reason or "stop",
+            usage=Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else None,
+            model=response.model,
+        )
+
+    async def warm_up(self) -> None:
+        """Pay litellm's first-call costs (lazy imports, tokenizer) before the first user does."""
+        request = StreamRequest.create(query="hello", parameters=GenerationParameters(max_tokens=1))
+        model = f"{embedded.PROVIDER}/{embedded.MODEL}"
+        self._known.setdefault(model, embedded.PROVIDER)
+        upstream = self.stream(request, model)
+        try:
+            async for _ in upstream:
+                pass
+        finally:
+            await upstream.aclose()
+        self.count_tokens(self.config.model, "hello")
+
+    def count_tokens(self, model: str, text: str) -> int:
+        if self._known.get(model) == embedded.PROVIDER:
+            return embedded.count_tokens(text)
+        try:
+            return int(litellm.token_counter(model=model, text=text))
+        except Exception:
+            return embedded.count_tokens(text)
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        try:
+            prompt, completion = litellm.cost_per_token(
+                model=model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+            )
+        except Exception:
+            return None  # litellm's price table does not know the model: unknown, not free
+        return float(prompt) + float(completion)
+
+
+def _delta(chunk: Any) -> Delta:
+    """A litellm `ModelResponseStream` as a `Delta`."""
+    usage = getattr(chunk, "usage", None)
+    choices = chunk.choices
+    if choices:
+        choice = choices[0]
+        content = choice.delta.content or ""
+        finish = choice.finish_reason
+    else:
+        content, finish = "", None
+    return Delta(
+        content=content,
+        finish_reason=finish,
+        usage=Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else None,
+        model=getattr(chunk, "model", None),
+    )

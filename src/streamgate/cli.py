@@ -1,0 +1,141 @@
+"""The `streamgate` command line. Flags and `STREAMGATE_*` variables are read here, and only here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+ENV_PREFIX = "STREAMGATE_"
+#: streamgate.core.DEFAULT_MODEL, written out so that --help need not import litellm.
+DEFAULT_MODEL = "streamgate/default"
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _add(
+    parser: argparse._ActionsContainer, flag: str, kind: Callable[[str], Any], default: Any, help: str
+) -> None:
+    """A flag whose default comes from its environment variable, then from `default`."""
+    env = _env_name(flag)
+    value = os.environ.get(env)
+    shown = "unset" if default is None else default
+    parser.add_argument(
+        flag,
+        type=kind,
+        default=value if value is not None else default,
+        help=f"{help} (env {env}; default {shown})",
+    )
+
+
+def _optional_port(text: str) -> int | None:
+    return None if text.lower() in ("", "off", "none") else int(text)
+
+
+def _generation_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    _add(
+        group,
+        "--model",
+        str,
+        DEFAULT_MODEL,
+        "litellm model string, e.g. openai/gpt-4o-mini; the default is the embedded model, no key needed",
+    )
+    _add(group, "--api-base", str, None, "upstream base URL, e.g. http://127.0.0.1:11434 for Ollama")
+    _add(
+        group,
+        "--upstream-api-key",
+        str,
+        None,
+        "API key for the upstream (litellm also reads OPENAI_API_KEY etc.)",
+    )
+    _add(group, "--max-concurrent-streams", int, 1000, "streams open at once; more are refused at once")
+    _add(group, "--stream-timeout", float, 300.0, "seconds a whole stream may last")
+    _add(group, "--first-token-timeout", float, 60.0, "seconds to wait for the first token")
+    _add(group, "--idle-timeout", float, 30.0, "seconds the upstream may stay silent between tokens")
+    _add(group, "--tokens-per-second", float, 30.0, "pace of the embedded default model (0: unpaced)")
+
+
+def _core_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("core server")
+    _add(group, "--host", str, "127.0.0.1", "address to listen on")
+    _add(group, "--grpc-port", int, 50051, "gRPC port (0: any free port)")
+    _add(group, "--metrics-port", _optional_port, 9464, "Prometheus metrics port ('off' to disable)")
+    _add(group, "--drain-grace", float, 10.0, "seconds open streams may finish after SIGTERM")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamgate",
+        description="Stream LLM output from any provider to any client.",
+        epilog=f"Every flag can also be set by its environment variable, {ENV_PREFIX}<FLAG_NAME>.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
+        help=f"logging level (env {ENV_PREFIX}LOG_LEVEL; default INFO)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    core = commands.add_parser(
+        "core",
+        help="run the gRPC core alone",
+        description="Run the gRPC core: the streaming service, health, reflection and Prometheus metrics.",
+    )
+    _generation_flags(core)
+    _core_flags(core)
+    return parser
+
+
+def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from streamgate.core import LiteLLMConfig
+    from streamgate.rpc.server import CoreServerConfig
+
+    config = LiteLLMConfig(
+        model=args.model,
+        api_base=args.api_base,
+        api_key=args.upstream_api_key,
+        max_concurrent_streams=args.max_concurrent_streams,
+        stream_timeout=args.stream_timeout,
+        first_token_timeout=args.first_token_timeout,
+        idle_timeout=args.idle_timeout,
+        embedded_tokens_per_second=args.tokens_per_second,
+    )
+    server = CoreServerConfig(
+        host=args.host, grpc_port=args.grpc_port, metrics_port=args.metrics_port, drain_grace=args.drain_grace
+    )
+    return config, server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from streamgate.core.errors import StreamError
+
+    try:
+        if args.command == "core":
+            from streamgate.rpc.server import run_core
+
+            config, server = _core_configs(args)
+            asyncio.run(run_core(config, server))
+    except ValueError as exc:  # a bad flag value: say which, without a traceback
+        parser.error(str(exc))
+    except StreamError as exc:  # e.g. an unknown --model
+        parser.error(exc.message)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Between protobuf messages and the core's values. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from streamgate.core import (
+    ChatMessage,
+    Chunk,
+    Completion,
+    Event,
+    Failure,
+    GenerationParameters,
+    Metrics,
+    StreamRequest,
+    Usage,
+)
+from streamgate.core.errors import invalid
+from streamgate.v1 import streamgate_pb2 as pb
+
+from .status import PROTO_CODE
+
+
+def _opt(message: pb.GenerationParameters, field: str) -> float | None:
+    return getattr(message, field) if message.HasField(field) else None  # type: ignore[arg-type]
+
+
+def request_from_proto(message: pb.GenerateRequest) -> StreamRequest:
+    """A validated `StreamRequest`; raises `StreamError(INVALID_ARGUMENT)`."""
+    p = message.parameters
+    parameters = GenerationParameters(
+        temperature=_opt(p, "temperature"),
+        max_tokens=p.max_tokens if p.HasField("max_tokens") else None,
+        top_p=_opt(p, "top_p"),
+        stop=tuple(p.stop),
+        presence_penalty=_opt(p, "presence_penalty"),
+        frequency_penalty=_opt(p, "frequency_penalty"),
+        seed=p.seed if p.HasField("seed") else None,
+        user=p.user or None,
+    )
+    timeout = None
+    if message.HasField("timeout"):
+        timeout = message.timeout.ToTimedelta().total_seconds()
+        if timeout <= 0:
+            raise invalid(f"timeout must be positive, got {timeout:g} s")
+    return StreamRequest.create(
+        messages=[ChatMessage(m.role, m.content, m.name or None) for m in message.messages],
+        query=message.query or None,
+        model=message.model or None,
+        parameters=parameters,
+        request_id=message.request_id or None,
+        timeout=timeout,
+    )
+
+
+def _usage(usage: Usage) -> pb.Usage:
+    return pb.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )
+
+
+def _metrics(metrics: Metrics) -> pb.StreamMetrics:
+    return pb.StreamMetrics(
+        ttft_ms=metrics.ttft_ms,
+        duration_ms=metrics.duration_ms,
+        tokens_per_second=metrics.tokens_per_second,
+        chunks=metrics.chunks,
+    )
+
+
+def event_to_proto(event: Event) -> pb.GenerateResponse:
+    if isinstance(event, Chunk):
+        return pb.GenerateResponse(chunk=pb.Chunk(content=event.content, index=event.index))
+    if isinstance(event, Completion):
+        return pb.GenerateResponse(
+            completion=pb.Completion(
+                text=event.text,
+                finish_reason=event.finish_reason,
+                model=event.model,
+                usage=_usage(event.usage),
+                cost_usd=event.cost_usd,
+                metrics=_metrics(event.metrics),
+                request_id=event.request_id,
+                usage_estimated=event.usage_estimated,
+            )
+        )
+    return pb.GenerateResponse(error=failure_to_proto(event))
+
+
+def failure_to_proto(event: Failure) -> pb.Error:
+    return pb.Error(
+        code=PROTO_CODE[event.error.code],
+        message=event.error.message,
+        retryable=event.error.retryable,
+        partial_text=event.partial_text,
+        usage=_usage(event.usage),
+        metrics=_metrics(event.metrics),
+        model=event.model,
+        cost_usd=event.cost_usd,
+        request_id=event.request_id,
+    )

@@ -1,0 +1,130 @@
+"""Run the core: the gRPC service with health, reflection and Prometheus metrics, and a graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from streamgate.core import Gateway, LiteLLMConfig, LiteLLMProvider
+from streamgate.v1 import streamgate_pb2 as pb
+from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
+
+from .servicer import StreamGateServicer
+
+logger = logging.getLogger("streamgate.rpc")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StreamGateService"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CoreServerConfig:
+    host: str = "127.0.0.1"
+    #: 0 picks a free port.
+    grpc_port: int = 50051
+    #: Prometheus exposition port; None turns it off, 0 picks a free port.
+    metrics_port: int | None = 9464
+    #: Seconds open streams may go on after SIGTERM before they are ended.
+    drain_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.grpc_port <= 65535:
+            raise ValueError(f"grpc_port must be 0-65535, got {self.grpc_port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be 0-65535, got {self.metrics_port}")
+        if not (self.drain_grace >= 0 and math.isfinite(self.drain_grace)):
+            raise ValueError(f"drain_grace must be a non-negative number of seconds, got {self.drain_grace}")
+
+
+class CoreServer:
+    """The core's gRPC server. `await start()`, then `await stop()` (drains)."""
+
+    def __init__(self, config: LiteLLMConfig, server_config: CoreServerConfig | None = None) -> None:
+        self.config = config
+        self.server_config = server_config or CoreServerConfig()
+        self.gateway = Gateway(LiteLLMProvider(config))
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http: WSGIServer | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.server_config.host}:{self.port}"
+
+    async def start(self) -> None:
+        sc = self.server_config
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_StreamGateServiceServicer_to_server(StreamGateServicer(self.gateway), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        await self.gateway.provider.warm_up()
+        self.port = server.add_insecure_port(f"{sc.host}:{sc.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {sc.host}:{sc.grpc_port}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if sc.metrics_port is not None:
+            http, _ = start_http_server(sc.metrics_port, sc.host, registry=self.gateway.metrics.registry)
+            self._metrics_http = http
+            self.metrics_port = http.server_port
+        logger.info(
+            "core listening on %s (model %s, metrics on %s)",
+            self.address,
+            self.config.model,
+            self.metrics_port,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new streams, let open ones finish within `grace`, end the rest with UNAVAILABLE."""
+        grace = self.server_config.drain_grace if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        await self.gateway.drain(grace)
+        if self._server is not None:
+            await self._server.stop(1.0)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        logger.info("core stopped")
+
+    async def wait_for_termination(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+
+async def run_core(config: LiteLLMConfig, server_config: CoreServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    server = CoreServer(config, server_config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("draining: %d open stream(s)", server.gateway.active_streams)
+    await server.stop()

@@ -1,0 +1,74 @@
+"""The gRPC transport of the core: adapts `Gateway` to `streamgate.v1.StreamGateService`.
+
+Cancellation: when the client cancels or its deadline passes, grpc.aio cancels
+this handler's task; the CancelledError runs through `async with stream`,
+which closes the upstream request, and is re-raised (a handler that swallows
+it leaks the call: grpc/grpc#43360).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+import grpc
+
+from streamgate.core import Failure, Gateway, StreamError
+from streamgate.v1 import streamgate_pb2 as pb
+from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
+
+from .convert import event_to_proto, request_from_proto
+from .status import GRPC_STATUS
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def Generate(
+        self,
+        request: pb.GenerateRequest,
+        context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse],
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        try:
+            stream_request = request_from_proto(request)
+            remaining = context.time_remaining()
+            if remaining is not None and (
+                stream_request.timeout is None or remaining < stream_request.timeout
+            ):
+                stream_request = dataclasses.replace(stream_request, timeout=max(remaining, 0.001))
+            stream = self.gateway.open(stream_request)
+        except StreamError as error:
+            await context.abort(GRPC_STATUS[error.code], error.message)
+        # Headers now: the client knows at once that the stream was admitted.
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_request.request_id),))
+        async with stream:
+            async for event in stream:
+                yield event_to_proto(event)
+                if isinstance(event, Failure):
+                    await context.abort(GRPC_STATUS[event.error.code], event.error.message)
+
+    async def GetMetrics(
+        self,
+        request: pb.GetMetricsRequest,
+        context: grpc.aio.ServicerContext[pb.GetMetricsRequest, pb.GetMetricsResponse],
+    ) -> pb.GetMetricsResponse:
+        s = self.gateway.metrics.snapshot(draining=self.gateway.draining)
+        return pb.GetMetricsResponse(
+            active_streams=s.active_streams,
+            streams_started=s.streams_started,
+            streams_rejected=s.streams_rejected,
+            outcomes=[
+                pb.OutcomeCount(model=model, outcome=outcome, count=count)
+                for (model, outcome), count in sorted(s.outcomes.items())
+            ],
+            prompt_tokens=s.prompt_tokens,
+            completion_tokens=s.completion_tokens,
+            cost_usd=s.cost_usd,
+            ttft_ms_p50=s.ttft_ms_p50,
+            ttft_ms_p99=s.ttft_ms_p99,
+            tokens_per_second_p50=s.tokens_per_second_p50,
+            draining=s.draining,
+        )

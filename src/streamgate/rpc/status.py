@@ -1,0 +1,26 @@
+"""The one table that maps the error model to gRPC, both ways."""
+
+from __future__ import annotations
+
+import grpc
+
+from streamgate.core import ErrorCode
+from streamgate.v1 import streamgate_pb2 as pb
+
+GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCode.CANCELLED: grpc.StatusCode.CANCELLED,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+PROTO_CODE: dict[ErrorCode, pb.ErrorCode.ValueType] = {
+    code: pb.ErrorCode.Value(f"ERROR_CODE_{code.value}") for code in ErrorCode
+}
+
+ERROR_CODE: dict[pb.ErrorCode.ValueType, ErrorCode] = {value: code for code, value in PROTO_CODE.items()}
+
+FROM_GRPC_STATUS: dict[grpc.StatusCode, ErrorCode] = {status: code for code, status in GRPC_STATUS.items()}
