@@ -106,7 +106,7 @@ def _usage(messages: list[dict[str, Any]], completion_tokens: int) -> dict[str, 
     }
 
 
-class EmbeddedModel(CustomLLM):
+class EmbeddedModel(CustomLLM):  # type: ignore[misc]  # litellm is untyped here
     """litellm custom handler for `streamgate/default`.
 
     The pace comes from the request's `tokens_per_second` parameter, else
@@ -122,7 +122,7 @@ class EmbeddedModel(CustomLLM):
         value = params.get("tokens_per_second", self.tokens_per_second)
         return float(value) if isinstance(value, int | float) and value > 0 else 0.0
 
-    async def astreaming(  # type: ignore[override]
+    async def astreaming(
         self, model: str, messages: list[dict[str, Any]], *args: Any, **kwargs: Any
     ) -> AsyncIterator[GenericStreamingChunk]:
         params: dict[str, Any] = kwargs.get("optional_params") or {}
@@ -143,12 +143,12 @@ class EmbeddedModel(CustomLLM):
             text="",
             is_finished=True,
             finish_reason=finish,
-            usage=_usage(messages, len(tokens)),  # type: ignore[typeddict-item]
+            usage=_usage(messages, len(tokens)),
             index=0,
             tool_use=None,
         )
 
-    async def acompletion(  # type: ignore[override]
+    async def acompletion(
         self, model: str, messages: list[dict[str, Any]], *args: Any, **kwargs: Any
     ) -> ModelResponse:
         params: dict[str, Any] = kwargs.get("optional_params") or {}

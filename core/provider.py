@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,7 +35,7 @@ class Provider(Protocol):
         """The model a request will use; raises `StreamError(INVALID_ARGUMENT)` for one it cannot."""
         ...
 
-    def stream(self, request: StreamRequest, model: str) -> AsyncIterator[Delta]:
+    def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
         """Deltas of one generation. Raises `StreamError`. Closing the iterator closes the upstream."""
         ...
 
@@ -93,7 +93,7 @@ class LiteLLMProvider:
                 kwargs["api_key"] = self.config.api_key
         return kwargs
 
-    async def stream(self, request: StreamRequest, model: str) -> AsyncIterator[Delta]:
+    async def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
         kwargs = self._kwargs(request, model)
         if not self.config.enable_streaming:
             async for delta in self._whole(kwargs):
@@ -116,7 +116,7 @@ class LiteLLMProvider:
             # A plain break would leave the upstream request running: close it.
             await upstream.aclose()
 
-    async def _whole(self, kwargs: dict[str, Any]) -> AsyncIterator[Delta]:
+    async def _whole(self, kwargs: dict[str, Any]) -> AsyncGenerator[Delta, None]:
         try:
             response = await litellm.acompletion(stream=False, **kwargs)
         except Exception as exc:

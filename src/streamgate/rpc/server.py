@@ -52,7 +52,7 @@ class CoreServer:
         self.config = config
         self.server_config = server_config or CoreServerConfig()
         self.gateway = Gateway(LiteLLMProvider(config))
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None

@@ -1,0 +1,127 @@
+"""Real parts on loopback: an OpenAI-compatible upstream, the gRPC core, clients."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from streamgate.core import LiteLLMConfig
+from streamgate.rpc.server import CoreServer, CoreServerConfig
+from streamgate.testing.upstream import FakeUpstream, Scenario
+from streamgate.v1 import streamgate_pb2 as pb
+from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    server = FakeUpstream(Scenario(tokens=8))
+    await server.start()
+    yield server
+    await server.close()
+
+
+CoreFactory = Callable[..., Awaitable[CoreServer]]
+
+
+@pytest.fixture
+async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
+    """Start a core on a free port; keyword arguments override `LiteLLMConfig` fields.
+
+    By default it talks to the test upstream as `openai/fake`.
+    """
+    servers: list[CoreServer] = []
+
+    async def start(**overrides: Any) -> CoreServer:
+        metrics_port = overrides.pop("metrics_port", None)
+        drain_grace = overrides.pop("drain_grace", 0.5)
+        fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key"}
+        fields.update(overrides)
+        server = CoreServer(
+            LiteLLMConfig(**fields),
+            CoreServerConfig(grpc_port=0, metrics_port=metrics_port, drain_grace=drain_grace),
+        )
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop(grace=0)
+
+
+@pytest.fixture
+async def core(make_core: CoreFactory) -> CoreServer:
+    return await make_core()
+
+
+@dataclasses.dataclass
+class Client:
+    channel: grpc.aio.Channel
+    stub: pb_grpc.StreamGateServiceStub
+
+
+@pytest.fixture
+async def client(core: CoreServer) -> AsyncIterator[Client]:
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        yield Client(channel, pb_grpc.StreamGateServiceStub(channel))
+
+
+@dataclasses.dataclass
+class Result:
+    chunks: list[str]
+    final: pb.GenerateResponse | None
+    code: grpc.StatusCode
+    details: str | None
+
+    @property
+    def completion(self) -> pb.Completion:
+        assert self.final is not None and self.final.HasField("completion"), self
+        return self.final.completion
+
+    @property
+    def error(self) -> pb.Error:
+        assert self.final is not None and self.final.HasField("error"), self
+        return self.final.error
+
+
+async def collect(stub: pb_grpc.StreamGateServiceStub, request: pb.GenerateRequest, **call: Any) -> Result:
+    """Read a whole stream; check that nothing follows the final message."""
+    chunks: list[str] = []
+    final: pb.GenerateResponse | None = None
+    responses = stub.Generate(request, **call)
+    try:
+        async for response in responses:
+            assert final is None, f"a message after the final one: {response}"
+            if response.HasField("chunk"):
+                assert response.chunk.index == len(chunks)
+                chunks.append(response.chunk.content)
+            else:
+                final = response
+    except grpc.aio.AioRpcError as exc:
+        return Result(chunks, final, exc.code(), exc.details())
+    return Result(chunks, final, await responses.code(), await responses.details())
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 1.0) -> float:
+    """Wait until `predicate()` holds; fail after `within` seconds. Returns the seconds it took."""
+    import asyncio
+    import time
+
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > within:
+            raise AssertionError(f"not true within {within} s")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def read_rest(call: Any) -> list[pb.GenerateResponse]:
+    """The rest of a call that was read with `call.read()` (the two reading styles cannot mix)."""
+    responses = []
+    while (response := await call.read()) is not grpc.aio.EOF:
+        responses.append(response)
+    return responses
