@@ -1,4 +1,10 @@
-"""streamgate's core: generation, limits, timeouts and metrics. No transport code."""
+"""streamgate's core: generation, limits, timeouts and metrics. No transport code.
+
+`LiteLLMProvider` (and with it litellm, about 4 s to import) loads on first
+use, so the bridge and the generated clients can use the core's values alone.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_MODEL, LiteLLMConfig
 from .errors import ErrorCode, StreamError
@@ -15,7 +21,10 @@ from .model import (
     StreamRequest,
     Usage,
 )
-from .provider import Delta, LiteLLMProvider, Provider
+from .upstream import Delta, Provider
+
+if TYPE_CHECKING:
+    from .provider import LiteLLMProvider
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -39,3 +48,11 @@ __all__ = [
     "StreamRequest",
     "Usage",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LiteLLMProvider":
+        from .provider import LiteLLMProvider
+
+        return LiteLLMProvider
+    raise AttributeError(f"module 'streamgate.core' has no attribute {name!r}")

@@ -148,9 +148,7 @@ class EmbeddedModel(CustomLLM):  # type: ignore[misc]  # litellm is untyped here
             tool_use=None,
         )
 
-    async def acompletion(
-        self, model: str, messages: list[dict[str, Any]], *args: Any, **kwargs: Any
-    ) -> ModelResponse:
+    async def acompletion(self, model: str, messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> ModelResponse:
         params: dict[str, Any] = kwargs.get("optional_params") or {}
         tokens, finish = _generate(messages, params)
         pace = self._pace(params)

@@ -24,7 +24,7 @@ from typing import Self
 from .errors import ErrorCode, StreamError
 from .metrics import GatewayMetrics, StreamClock
 from .model import Chunk, Completion, Event, Failure, StreamRequest, Usage
-from .provider import Provider
+from .upstream import Provider
 
 logger = logging.getLogger("streamgate.core")
 
@@ -168,8 +168,7 @@ class GatewayStream(AsyncIterator[Event]):
             )
         else:
             logger.info(
-                "stream %s completed: model=%s finish=%s ttft=%.1fms duration=%.1fms tokens=%d+%d "
-                "tps=%.1f cost=%s",
+                "stream %s completed: model=%s finish=%s ttft=%.1fms duration=%.1fms tokens=%d+%d tps=%.1f cost=%s",
                 request_id,
                 self.model,
                 final.finish_reason,
@@ -213,9 +212,7 @@ class GatewayStream(AsyncIterator[Event]):
                     except TimeoutError:
                         if self._abort is not None:
                             raise self._abort from None
-                        raise self._timeout_error(
-                            limit == deadline, clock.first_token is None, timeout
-                        ) from None
+                        raise self._timeout_error(limit == deadline, clock.first_token is None, timeout) from None
                     finally:
                         self._waiting = None
                     if delta.content:

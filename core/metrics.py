@@ -93,9 +93,7 @@ class GatewayMetrics:
             ["model", "outcome"],
             registry=r,
         )
-        self.tokens = Counter(
-            "streamgate_tokens", "Tokens, by model and kind.", ["model", "kind"], registry=r
-        )
+        self.tokens = Counter("streamgate_tokens", "Tokens, by model and kind.", ["model", "kind"], registry=r)
         self.cost = Counter("streamgate_cost_usd", "Cost in US dollars, by model.", ["model"], registry=r)
         self.ttft = Histogram(
             "streamgate_time_to_first_token_seconds",

@@ -169,9 +169,7 @@ class StreamRequest:
         size = 0
         for i, message in enumerate(chat):
             if message.role not in ROLES:
-                raise invalid(
-                    f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}, got {message.role!r}"
-                )
+                raise invalid(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}, got {message.role!r}")
             size += len(message.content)
         if not any(m.content.strip() for m in chat):
             raise invalid("no query provided: every message is empty")

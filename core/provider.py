@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import litellm
 
@@ -14,38 +13,7 @@ from .config import LiteLLMConfig
 from .errors import StreamError, invalid
 from .model import GenerationParameters, StreamRequest, Usage
 from .translate import translate
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """One step of an upstream stream: text, and on the last steps the finish reason and usage."""
-
-    content: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    model: str | None = None
-
-
-class Provider(Protocol):
-    """What the gateway needs from a source of tokens."""
-
-    config: LiteLLMConfig
-
-    def resolve_model(self, requested: str | None) -> str:
-        """The model a request will use; raises `StreamError(INVALID_ARGUMENT)` for one it cannot."""
-        ...
-
-    def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
-        """Deltas of one generation. Raises `StreamError`. Closing the iterator closes the upstream."""
-        ...
-
-    def count_tokens(self, model: str, text: str) -> int: ...
-
-    async def warm_up(self) -> None: ...
-
-    def cost(self, model: str, usage: Usage) -> float | None:
-        """Cost in US dollars, or None when the model's price is unknown."""
-        ...
+from .upstream import Delta
 
 
 class LiteLLMProvider:
@@ -71,8 +39,7 @@ class LiteLLMProvider:
             _, provider, _, _ = litellm.get_llm_provider(model, api_base=self.config.api_base)
         except Exception as exc:
             raise invalid(
-                f"unknown model {model!r}: name it as litellm does, with its provider, "
-                "e.g. 'openai/gpt-4o-mini'"
+                f"unknown model {model!r}: name it as litellm does, with its provider, e.g. 'openai/gpt-4o-mini'"
             ) from exc
         if len(self._known) < 10_000:
             self._known[model] = provider
@@ -81,9 +48,7 @@ class LiteLLMProvider:
     def _kwargs(self, request: StreamRequest, model: str) -> dict[str, Any]:
         parameters = request.parameters.merged_over(self.config.parameters)
         kwargs = parameters.to_kwargs()
-        kwargs.update(
-            model=model, messages=[m.to_openai() for m in request.messages], num_retries=0, drop_params=True
-        )
+        kwargs.update(model=model, messages=[m.to_openai() for m in request.messages], num_retries=0, drop_params=True)
         if self._known.get(model) == embedded.PROVIDER:
             kwargs["tokens_per_second"] = self.config.embedded_tokens_per_second
         else:
@@ -100,9 +65,7 @@ class LiteLLMProvider:
                 yield delta
             return
         try:
-            upstream = await litellm.acompletion(
-                stream=True, stream_options={"include_usage": True}, **kwargs
-            )
+            upstream = await litellm.acompletion(stream=True, stream_options={"include_usage": True}, **kwargs)
         except Exception as exc:
             raise translate(exc) from exc
         try:

@@ -19,9 +19,7 @@ def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
-def _add(
-    parser: argparse._ActionsContainer, flag: str, kind: Callable[[str], Any], default: Any, help: str
-) -> None:
+def _add(parser: argparse._ActionsContainer, flag: str, kind: Callable[[str], Any], default: Any, help: str) -> None:
     """A flag whose default comes from its environment variable, then from `default`."""
     env = _env_name(flag)
     value = os.environ.get(env)
@@ -70,6 +68,25 @@ def _core_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "--drain-grace", float, 10.0, "seconds open streams may finish after SIGTERM")
 
 
+def _bridge_flags(parser: argparse.ArgumentParser, with_core: bool) -> None:
+    group = parser.add_argument_group("bridge (HTTP: SSE, WebSocket, page)")
+    if with_core:
+        _add(group, "--core", str, "127.0.0.1:50051", "the core's gRPC address, HOST:PORT")
+        _add(group, "--host", str, "127.0.0.1", "address to listen on")
+    _add(group, "--http-port", int, 8000, "HTTP port (0: any free port)")
+    _add(group, "--keepalive-interval", float, 15.0, "seconds of silence before an SSE ': ping' line")
+    _add(group, "--max-body-bytes", int, 1024 * 1024, "largest request body or WebSocket message")
+    _add(group, "--cors-origins", _origins, (), "comma-separated origins allowed by CORS (none by default)")
+    if with_core:
+        _add(group, "--drain-grace", float, 10.0, "seconds open streams may finish after SIGTERM")
+
+
+def _origins(text: str | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(text, tuple):
+        return text
+    return tuple(origin.strip() for origin in text.split(",") if origin.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamgate",
@@ -89,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _generation_flags(core)
     _core_flags(core)
+    bridge = commands.add_parser(
+        "bridge",
+        help="run the HTTP bridge alone, in front of a running core",
+        description="Run the HTTP bridge: SSE and WebSocket streams for browsers over the core's gRPC stream.",
+    )
+    _bridge_flags(bridge, with_core=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the core and the bridge together (the default model needs no key)",
+        description="Run the core (a child process) and the bridge in front of it.",
+    )
+    _generation_flags(serve)
+    _core_flags(serve)
+    _bridge_flags(serve, with_core=False)
     return parser
 
 
@@ -112,6 +143,48 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     return config, server
 
 
+def _bridge_config(args: argparse.Namespace, core: str) -> Any:
+    from streamgate.bridges.config import BridgeConfig
+
+    return BridgeConfig(
+        core=core,
+        host=args.host,
+        http_port=args.http_port,
+        keepalive_interval=args.keepalive_interval,
+        max_body_bytes=args.max_body_bytes,
+        cors_origins=args.cors_origins,
+        drain_grace=args.drain_grace,
+    )
+
+
+def _core_argv(args: argparse.Namespace) -> list[str]:
+    """`streamgate core` flags that reproduce this command's generation and core settings.
+
+    The upstream key is not among them (a command line is visible to every
+    user of the machine): the child inherits it through the environment.
+    """
+    names = (
+        "model",
+        "api_base",
+        "max_concurrent_streams",
+        "stream_timeout",
+        "first_token_timeout",
+        "idle_timeout",
+        "tokens_per_second",
+        "host",
+        "grpc_port",
+        "metrics_port",
+        "drain_grace",
+    )
+    argv = ["--log-level", args.log_level]
+    for name in names:
+        value = getattr(args, name)
+        if value is None and name != "metrics_port":
+            continue
+        argv += [f"--{name.replace('_', '-')}", "off" if value is None else str(value)]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -128,6 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config, server = _core_configs(args)
             asyncio.run(run_core(config, server))
+        elif args.command == "bridge":
+            from streamgate.bridges.app import run_bridge
+
+            asyncio.run(run_bridge(_bridge_config(args, args.core)))
+        elif args.command == "serve":
+            from streamgate.serve import serve
+
+            _core_configs(args)  # validate before starting anything
+            if args.upstream_api_key:
+                os.environ[_env_name("--upstream-api-key")] = args.upstream_api_key
+            _bridge_config(args, f"{args.host}:{args.grpc_port}")
+            return asyncio.run(serve(_core_argv(args), lambda core: _bridge_config(args, core)))
     except ValueError as exc:  # a bad flag value: say which, without a traceback
         parser.error(str(exc))
     except StreamError as exc:  # e.g. an unknown --model

@@ -98,9 +98,7 @@ async def test_the_core_streams_the_default_model_and_drains_on_sigterm(
     process, address = core_process
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.StreamGateServiceStub(channel)
-        quick = await collect(
-            stub, pb.GenerateRequest(query="Hello", parameters=pb.GenerationParameters(max_tokens=5))
-        )
+        quick = await collect(stub, pb.GenerateRequest(query="Hello", parameters=pb.GenerationParameters(max_tokens=5)))
         assert quick.completion.text.startswith("Hello!")
 
         long = asyncio.create_task(collect(stub, pb.GenerateRequest(query="Tell me about streaming")))

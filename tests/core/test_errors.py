@@ -31,9 +31,7 @@ async def test_a_connection_dropped_mid_stream_ends_with_one_final_error(
     await _still_serves(client, upstream)
 
 
-async def test_a_malformed_chunk_ends_the_stream_with_an_error(
-    client: Client, upstream: FakeUpstream
-) -> None:
+async def test_a_malformed_chunk_ends_the_stream_with_an_error(client: Client, upstream: FakeUpstream) -> None:
     upstream.default = Scenario(tokens=10, malformed_after=2)
 
     result = await collect(client.stub, pb.GenerateRequest(query="hi"))
@@ -129,9 +127,7 @@ async def test_bad_input_is_invalid_argument_and_loses_nothing(
     await _still_serves(client, upstream)
 
 
-async def test_a_request_over_the_message_size_limit_is_refused(
-    client: Client, upstream: FakeUpstream
-) -> None:
+async def test_a_request_over_the_message_size_limit_is_refused(client: Client, upstream: FakeUpstream) -> None:
     result = await collect(client.stub, pb.GenerateRequest(query="x" * (17 * 1024 * 1024)))
 
     assert result.code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -143,9 +139,7 @@ async def test_allowed_models_refuse_other_models(make_core: CoreFactory, upstre
     async with grpc.aio.insecure_channel(core.address) as channel:
         from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
-        result = await collect(
-            pb_grpc.StreamGateServiceStub(channel), pb.GenerateRequest(query="hi", model="openai/x")
-        )
+        result = await collect(pb_grpc.StreamGateServiceStub(channel), pb.GenerateRequest(query="hi", model="openai/x"))
 
     assert result.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "not allowed" in (result.details or "")

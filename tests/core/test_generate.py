@@ -11,9 +11,7 @@ from streamgate.v1 import streamgate_pb2 as pb
 from tests.conftest import Client, CoreFactory, collect
 
 
-async def test_chunks_arrive_in_order_and_join_to_the_final_text(
-    client: Client, upstream: FakeUpstream
-) -> None:
+async def test_chunks_arrive_in_order_and_join_to_the_final_text(client: Client, upstream: FakeUpstream) -> None:
     result = await collect(client.stub, pb.GenerateRequest(query="Say something"))
 
     assert result.code == grpc.StatusCode.OK
@@ -94,9 +92,7 @@ async def test_request_id_is_echoed_in_headers_and_final_message(client: Client)
 
 
 async def test_the_embedded_default_model_needs_no_key_and_answers_readably(make_core: CoreFactory) -> None:
-    core = await make_core(
-        model="streamgate/default", api_base=None, api_key=None, embedded_tokens_per_second=0
-    )
+    core = await make_core(model="streamgate/default", api_base=None, api_key=None, embedded_tokens_per_second=0)
     async with grpc.aio.insecure_channel(core.address) as channel:
         from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
@@ -104,9 +100,7 @@ async def test_the_embedded_default_model_needs_no_key_and_answers_readably(make
         first = await collect(stub, pb.GenerateRequest(query="Hello, how are you?"))
         second = await collect(stub, pb.GenerateRequest(query="Hello, how are you?"))
         other = await collect(stub, pb.GenerateRequest(query="What is the capital of France?"))
-        short = await collect(
-            stub, pb.GenerateRequest(query="Hello", parameters=pb.GenerationParameters(max_tokens=4))
-        )
+        short = await collect(stub, pb.GenerateRequest(query="Hello", parameters=pb.GenerationParameters(max_tokens=4)))
 
     text = first.completion.text
     assert text.startswith("Hello!")
@@ -122,17 +116,13 @@ async def test_the_embedded_default_model_needs_no_key_and_answers_readably(make
 
 
 async def test_the_embedded_model_streams_at_its_configured_pace(make_core: CoreFactory) -> None:
-    core = await make_core(
-        model="streamgate/default", api_base=None, api_key=None, embedded_tokens_per_second=100
-    )
+    core = await make_core(model="streamgate/default", api_base=None, api_key=None, embedded_tokens_per_second=100)
     async with grpc.aio.insecure_channel(core.address) as channel:
         from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
         result = await collect(
             pb_grpc.StreamGateServiceStub(channel),
-            pb.GenerateRequest(
-                query="Tell me about streaming", parameters=pb.GenerationParameters(max_tokens=30)
-            ),
+            pb.GenerateRequest(query="Tell me about streaming", parameters=pb.GenerationParameters(max_tokens=30)),
         )
 
     rate = result.completion.metrics.tokens_per_second

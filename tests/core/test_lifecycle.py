@@ -95,9 +95,7 @@ async def test_first_token_timeout_ends_a_stream_whose_upstream_never_starts(
     await eventually(lambda: upstream.counters.disconnects == 1)
 
 
-async def test_idle_timeout_ends_a_stream_that_stalls_midway(
-    make_core: CoreFactory, upstream: FakeUpstream
-) -> None:
+async def test_idle_timeout_ends_a_stream_that_stalls_midway(make_core: CoreFactory, upstream: FakeUpstream) -> None:
     upstream.default = Scenario(tokens=10, stall_after=3)
     core = await make_core(idle_timeout=0.3)
     channel, stub = await _stub(core)
@@ -110,9 +108,7 @@ async def test_idle_timeout_ends_a_stream_that_stalls_midway(
     await eventually(lambda: upstream.counters.disconnects == 1)
 
 
-async def test_client_deadline_closes_the_upstream(
-    core: CoreServer, client: Client, upstream: FakeUpstream
-) -> None:
+async def test_client_deadline_closes_the_upstream(core: CoreServer, client: Client, upstream: FakeUpstream) -> None:
     upstream.default = SLOW
 
     result = await collect(client.stub, pb.GenerateRequest(query="hi"), timeout=0.4)
@@ -157,9 +153,7 @@ async def test_many_cancelled_streams_leave_nothing_open(
     assert upstream.counters.active == 0
 
 
-async def test_drain_lets_open_streams_finish_within_the_grace(
-    make_core: CoreFactory, upstream: FakeUpstream
-) -> None:
+async def test_drain_lets_open_streams_finish_within_the_grace(make_core: CoreFactory, upstream: FakeUpstream) -> None:
     upstream.default = Scenario(tokens=6, delay=0.05)
     core = await make_core()
     channel, stub = await _stub(core)

@@ -6,17 +6,19 @@ from streamgate.core import (
     ChatMessage,
     Chunk,
     Completion,
+    ErrorCode,
     Event,
     Failure,
     GenerationParameters,
     Metrics,
+    StreamError,
     StreamRequest,
     Usage,
 )
 from streamgate.core.errors import invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
-from .status import PROTO_CODE
+from .status import ERROR_CODE, PROTO_CODE
 
 
 def _opt(message: pb.GenerationParameters, field: str) -> float | None:
@@ -99,3 +101,42 @@ def failure_to_proto(event: Failure) -> pb.Error:
         cost_usd=event.cost_usd,
         request_id=event.request_id,
     )
+
+
+def _usage_from(usage: pb.Usage) -> Usage:
+    return Usage(usage.prompt_tokens, usage.completion_tokens)
+
+
+def _metrics_from(metrics: pb.StreamMetrics) -> Metrics:
+    return Metrics(metrics.ttft_ms, metrics.duration_ms, metrics.tokens_per_second, metrics.chunks)
+
+
+def event_from_proto(response: pb.GenerateResponse) -> Event:
+    """The core's event for a response read from the gRPC stream (the bridge's side)."""
+    kind = response.WhichOneof("event")
+    if kind == "chunk":
+        return Chunk(response.chunk.content, response.chunk.index)
+    if kind == "completion":
+        c = response.completion
+        return Completion(
+            text=c.text,
+            finish_reason=c.finish_reason,
+            model=c.model,
+            usage=_usage_from(c.usage),
+            cost_usd=c.cost_usd if c.HasField("cost_usd") else None,
+            metrics=_metrics_from(c.metrics),
+            request_id=c.request_id,
+            usage_estimated=c.usage_estimated,
+        )
+    if kind == "error":
+        e = response.error
+        return Failure(
+            error=StreamError(ERROR_CODE.get(e.code, ErrorCode.INTERNAL), e.message, retryable=e.retryable),
+            partial_text=e.partial_text,
+            model=e.model,
+            usage=_usage_from(e.usage),
+            cost_usd=e.cost_usd if e.HasField("cost_usd") else None,
+            metrics=_metrics_from(e.metrics),
+            request_id=e.request_id,
+        )
+    raise ValueError(f"a GenerateResponse with no event: {response!r}")

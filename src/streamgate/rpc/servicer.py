@@ -35,9 +35,7 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
         try:
             stream_request = request_from_proto(request)
             remaining = context.time_remaining()
-            if remaining is not None and (
-                stream_request.timeout is None or remaining < stream_request.timeout
-            ):
+            if remaining is not None and (stream_request.timeout is None or remaining < stream_request.timeout):
                 stream_request = dataclasses.replace(stream_request, timeout=max(remaining, 0.001))
             stream = self.gateway.open(stream_request)
         except StreamError as error:

@@ -1,0 +1,135 @@
+"""The bridge's aiohttp application: routes, CORS, health, metrics, the page, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .config import BridgeConfig
+from .core_client import CoreClient
+from .errors import error_response
+from .sse import stream_sse
+from .state import SHUTTING_DOWN, STATE, BridgeState
+from .ws import stream_ws
+
+logger = logging.getLogger("streamgate.bridges")
+
+CORS_METHODS = "GET, POST, OPTIONS"
+CORS_HEADERS = "Content-Type, Authorization, Last-Event-ID"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.draining:
+        return error_response(SHUTTING_DOWN)
+    if not await state.client.ready():
+        return web.json_response(
+            {"status": "unavailable", "core": state.config.core}, status=503, headers={"Retry-After": "1"}
+        )
+    return web.json_response({"status": "ready", "core": state.config.core})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+_PAGE = resources.files(__package__).joinpath("static/index.html")
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(body=_PAGE.read_bytes(), content_type="text/html", charset="utf-8")
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+async def _cors(request: web.Request, response: web.StreamResponse) -> None:
+    """CORS headers for configured origins only (before the headers go out, streams included)."""
+    origin = request.headers.get("Origin")
+    if origin and origin in request.app[STATE].config.cors_origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+            response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+            response.headers["Access-Control-Max-Age"] = "600"
+
+
+def create_app(config: BridgeConfig) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes)
+
+    async def core_client(app: web.Application) -> AsyncIterator[None]:
+        client = CoreClient(config.core)
+        app[STATE] = BridgeState(config, client)
+        yield
+        await client.close()
+
+    app.cleanup_ctx.append(core_client)
+    app.on_response_prepare.append(_cors)
+    app.router.add_get("/", index)
+    app.router.add_post("/query/stream", stream_sse)
+    app.router.add_get("/query/stream", stream_sse)
+    app.router.add_route("OPTIONS", "/query/stream", preflight)
+    app.router.add_get("/query/ws", stream_ws)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class BridgeServer:
+    """The bridge on a port. `await start()`, then `await stop()` (drains)."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.app = create_app(config)
+        # Cancel a handler when its client leaves, so its gRPC call is cancelled at once.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+        self.port = 0
+
+    @property
+    def state(self) -> BridgeState:
+        return self.app[STATE]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self.port = server.sockets[0].getsockname()[1]
+        logger.info("bridge listening on %s (core %s)", self.url, self.config.core)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new streams, let open ones finish within `grace`, end the rest with a final frame."""
+        await self.state.drain(self.config.drain_grace if grace is None else grace)
+        await self._runner.cleanup()
+        logger.info("bridge stopped")
+
+
+async def run_bridge(config: BridgeConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    server = BridgeServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()

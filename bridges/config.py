@@ -1,0 +1,40 @@
+"""Configuration of the bridge: one frozen dataclass, validated on creation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    #: The core's gRPC address, HOST:PORT.
+    core: str = "127.0.0.1:50051"
+    host: str = "127.0.0.1"
+    #: 0 picks a free port.
+    http_port: int = 8000
+    #: Seconds of silence after which an SSE stream gets a `: ping` comment line.
+    keepalive_interval: float = 15.0
+    #: Largest request body (and WebSocket message) accepted, in bytes.
+    max_body_bytes: int = 1024 * 1024
+    #: Origins allowed to call the bridge from a browser on another origin; empty allows none.
+    cors_origins: tuple[str, ...] = ()
+    #: Queries a WebSocket may send ahead of the one streaming.
+    max_queued_queries: int = 8
+    #: Seconds open streams may go on after SIGTERM before the bridge ends them.
+    drain_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.core.rpartition(":")
+        if not (sep and host and port.isdigit()):
+            raise ValueError(f"core must be HOST:PORT, got {self.core!r}")
+        if not 0 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be 0-65535, got {self.http_port}")
+        if not (self.keepalive_interval > 0 and math.isfinite(self.keepalive_interval)):
+            raise ValueError(f"keepalive_interval must be a positive number of seconds, got {self.keepalive_interval}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        if self.max_queued_queries < 0:
+            raise ValueError("max_queued_queries must not be negative")
+        if not (self.drain_grace >= 0 and math.isfinite(self.drain_grace)):
+            raise ValueError(f"drain_grace must be a non-negative number of seconds, got {self.drain_grace}")

@@ -1,0 +1,118 @@
+"""SSE frames and WebSocket messages, exactly as shared/spec/wire-formats.md shows them.
+
+Pure: each function returns bytes or str and does no I/O. The bridge and the
+in-process `StreamingHandler` frame through these functions and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from streamgate.core import Completion, Failure, Metrics, Usage
+
+#: An SSE comment line, sent while a stream is idle; EventSource ignores it.
+PING = b": ping\n\n"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _metrics(metrics: Metrics) -> dict[str, float | int]:
+    return {
+        "ttft_ms": metrics.ttft_ms,
+        "duration_ms": metrics.duration_ms,
+        "tokens_per_second": metrics.tokens_per_second,
+        "chunks": metrics.chunks,
+    }
+
+
+def final_metadata(event: Completion | Failure) -> dict[str, Any]:
+    """The final frame's metadata: `final_response`, then what is known of the stream."""
+    if isinstance(event, Completion):
+        return {
+            "final_response": event.text,
+            "finish_reason": event.finish_reason,
+            "model": event.model,
+            "usage": _usage(event.usage),
+            "cost_usd": event.cost_usd,
+            "metrics": _metrics(event.metrics),
+            "request_id": event.request_id,
+        }
+    metadata: dict[str, Any] = {
+        "final_response": event.partial_text,
+        "code": event.error.code.value,
+        "retryable": event.error.retryable,
+    }
+    if event.model:
+        metadata["model"] = event.model
+    metadata["usage"] = _usage(event.usage)
+    metadata["cost_usd"] = event.cost_usd
+    metadata["metrics"] = _metrics(event.metrics)
+    if event.request_id:
+        metadata["request_id"] = event.request_id
+    return metadata
+
+
+def cancelled_metadata(text: str, model: str, metrics: Metrics, request_id: str) -> dict[str, Any]:
+    """Metadata of a stream the client cancelled: what it received, and the measured timing."""
+    return {
+        "final_response": text,
+        "finish_reason": "cancelled",
+        "model": model,
+        "metrics": _metrics(metrics),
+        "request_id": request_id,
+    }
+
+
+# --- SSE -------------------------------------------------------------------
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    """One `data:` line holding one JSON object, then a blank line."""
+    return b"data: " + _dumps(payload).encode() + b"\n\n"
+
+
+def sse_chunk(content: str) -> bytes:
+    return sse_event({"content": content, "metadata": {}, "is_final": False})
+
+
+def sse_final(event: Completion | Failure) -> bytes:
+    payload: dict[str, Any] = {"content": "", "metadata": final_metadata(event), "is_final": True}
+    if isinstance(event, Failure):
+        payload["error"] = event.error.message
+    return sse_event(payload)
+
+
+# --- WebSocket -------------------------------------------------------------
+
+
+def ws_chunk(content: str) -> str:
+    return _dumps({"type": "chunk", "content": content})
+
+
+def ws_complete(text: str, metadata: dict[str, Any]) -> str:
+    return _dumps({"type": "complete", "content": text, "metadata": metadata})
+
+
+def ws_error(message: str, metadata: dict[str, Any] | None = None) -> str:
+    """`{"type": "error", "content": message}`; a failed stream adds its metadata."""
+    payload: dict[str, Any] = {"type": "error", "content": message}
+    if metadata is not None:
+        payload["metadata"] = metadata
+    return _dumps(payload)
+
+
+def ws_final(event: Completion | Failure) -> str:
+    if isinstance(event, Completion):
+        return ws_complete(event.text, final_metadata(event))
+    return ws_error(event.error.message, final_metadata(event))

@@ -1,0 +1,166 @@
+"""`/query/ws`: many queries on one WebSocket, one after another.
+
+Two tasks per connection: this handler reads messages (queries, `cancel`) and
+a worker streams the queries in order; only the worker sends, so messages never
+interleave. A bad message gets an `error` message and the connection stays
+open. `{"type": "cancel"}` cancels the running stream's gRPC call (the core
+closes the upstream) and the stream ends with `complete`, `finish_reason`
+"cancelled". When the client leaves, the running call is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from aiohttp import WSMsgType, web
+
+from streamgate.core import Chunk, ErrorCode, Failure, StreamError
+from streamgate.core.errors import invalid
+from streamgate.v1 import streamgate_pb2 as pb
+
+from . import framing, query
+from .errors import WS_CLOSE
+from .state import STATE, BridgeState, OpenStream
+
+TRANSPORT = "websocket"
+CANCELLED = StreamError(ErrorCode.CANCELLED, "cancelled by the client")
+#: Messages (queries and errors to answer) that may wait while a stream runs.
+MAX_PENDING = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Reject:
+    message: str
+
+
+class Session:
+    def __init__(self, ws: web.WebSocketResponse, state: BridgeState) -> None:
+        self.ws = ws
+        self.state = state
+        self.pending: asyncio.Queue[pb.GenerateRequest | _Reject] = asyncio.Queue()
+        self.queries = 0
+        self.current: OpenStream | None = None
+
+    def receive(self, text: str) -> None:
+        """Handle one text message from the client, at once."""
+        try:
+            data = query.loads(text)
+            if query.is_cancel(data):
+                if self.current is not None:
+                    self.current.end(CANCELLED)
+                return
+            request = query.from_json(data)
+            if self.queries >= self.state.config.max_queued_queries + 1:
+                raise invalid("too many queries waiting: wait for a complete message, or cancel")
+        except StreamError as error:
+            self._put(_Reject(error.message))
+            return
+        self.queries += 1
+        self._put(request)
+
+    def reject(self, message: str) -> None:
+        self._put(_Reject(message))
+
+    def _put(self, item: pb.GenerateRequest | _Reject) -> None:
+        if self.pending.qsize() >= MAX_PENDING:
+            raise _Flooded
+        self.pending.put_nowait(item)
+
+    async def run(self) -> None:
+        """The worker: answer each message in order."""
+        ws = self.ws
+        while True:
+            item = await self.pending.get()
+            if isinstance(item, _Reject):
+                await ws.send_str(framing.ws_error(item.message))
+                continue
+            try:
+                await self._stream(item)
+            finally:
+                self.queries -= 1
+            if ws.closed:
+                return
+
+    async def _stream(self, request: pb.GenerateRequest) -> None:
+        ws, state, metrics = self.ws, self.state, self.state.metrics
+        try:
+            state.refuse_if_draining()
+            core = await state.client.open(request)
+        except StreamError as error:
+            metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
+            await ws.send_str(framing.ws_error(error.message))
+            if error.code in WS_CLOSE:
+                await ws.close(code=WS_CLOSE[error.code], message=error.message[:120].encode())
+            return
+        self.current = open_stream = OpenStream(core)
+        state.add(open_stream)
+        metrics.open_streams.labels(TRANSPORT).inc()
+        frames = metrics.frames.labels(TRANSPORT)
+        outcome = "OK"
+        try:
+            async with contextlib.aclosing(core.events()) as events:
+                try:
+                    async for event in events:
+                        if isinstance(event, Chunk):
+                            await ws.send_str(framing.ws_chunk(event.content))
+                            frames.inc()
+                            continue
+                        if isinstance(event, Failure):
+                            outcome = event.error.code.value
+                        await ws.send_str(framing.ws_final(event))
+                        frames.inc()
+                        break
+                except asyncio.CancelledError:
+                    reason = open_stream.ended_by_us()
+                    if reason is None:
+                        raise
+                    outcome = reason.code.value
+                    if reason is CANCELLED:
+                        metadata = framing.cancelled_metadata(
+                            "".join(core.text), request.model, core.metrics(), core.request_id
+                        )
+                        await ws.send_str(framing.ws_complete("".join(core.text), metadata))
+                    else:
+                        await ws.send_str(framing.ws_final(core.failure(reason)))
+                    frames.inc()
+        except (asyncio.CancelledError, ConnectionError):
+            outcome = "disconnected"
+            metrics.disconnects.labels(TRANSPORT).inc()
+            core.cancel()
+            raise
+        finally:
+            self.current = None
+            state.remove(open_stream)
+            metrics.open_streams.labels(TRANSPORT).dec()
+            metrics.outcomes.labels(TRANSPORT, outcome).inc()
+
+
+class _Flooded(Exception):
+    """More messages are waiting than a well-behaved client would send."""
+
+
+async def stream_ws(request: web.Request) -> web.WebSocketResponse:
+    state = request.app[STATE]
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=state.config.max_body_bytes)
+    await ws.prepare(request)
+    session = Session(ws, state)
+    worker = asyncio.create_task(session.run())
+    try:
+        async for message in ws:
+            if worker.done():
+                break
+            if message.type is WSMsgType.TEXT:
+                session.receive(message.data)
+            elif message.type is WSMsgType.BINARY:
+                session.reject("binary messages are not supported: send JSON text")
+    except _Flooded:
+        await ws.close(code=1008, message=b"too many messages waiting")
+    finally:
+        if session.current is not None:
+            session.current.core.cancel()
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await worker
+    return ws

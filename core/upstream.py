@@ -1,0 +1,46 @@
+"""The seam between the gateway and a source of tokens: `Provider` yields `Delta`s.
+
+Light on purpose (no litellm import), so the bridge and clients can use the
+core's values without paying for litellm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Protocol
+
+from .config import LiteLLMConfig
+from .model import StreamRequest, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One step of an upstream stream: text, and on the last steps the finish reason and usage."""
+
+    content: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model: str | None = None
+
+
+class Provider(Protocol):
+    """What the gateway needs from a source of tokens."""
+
+    config: LiteLLMConfig
+
+    def resolve_model(self, requested: str | None) -> str:
+        """The model a request will use; raises `StreamError(INVALID_ARGUMENT)` for one it cannot."""
+        ...
+
+    def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
+        """Deltas of one generation. Raises `StreamError`. Closing the iterator closes the upstream."""
+        ...
+
+    def count_tokens(self, model: str, text: str) -> int: ...
+
+    async def warm_up(self) -> None: ...
+
+    def cost(self, model: str, usage: Usage) -> float | None:
+        """Cost in US dollars, or None when the model's price is unknown."""
+        ...
