@@ -6,9 +6,11 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 
+from streamgate.bridges.app import BridgeServer
 from streamgate.core import LiteLLMConfig
 from streamgate.rpc.server import CoreServer, CoreServerConfig
 from streamgate.testing.upstream import FakeUpstream, Scenario
@@ -125,3 +127,45 @@ async def read_rest(call: Any) -> list[pb.GenerateResponse]:
     while (response := await call.read()) is not grpc.aio.EOF:
         responses.append(response)
     return responses
+
+
+BridgeFactory = Callable[..., Awaitable[BridgeServer]]
+
+
+@pytest.fixture
+async def make_bridge(make_core: CoreFactory) -> AsyncIterator[BridgeFactory]:
+    """Start a core (with `core_*` keyword arguments for `LiteLLMConfig`) and a bridge in front of it.
+
+    Other keyword arguments override `BridgeConfig` fields; `core=` names another core address.
+    """
+    from streamgate.bridges.app import BridgeServer
+    from streamgate.bridges.config import BridgeConfig
+
+    bridges: list[BridgeServer] = []
+
+    async def start(**overrides: Any) -> BridgeServer:
+        core_fields = {k.removeprefix("core_"): overrides.pop(k) for k in list(overrides) if k.startswith("core_")}
+        if "core" not in overrides:
+            core = await make_core(**core_fields)
+            overrides["core"] = core.address
+        server = BridgeServer(BridgeConfig(http_port=0, **overrides))
+        await server.start()
+        bridges.append(server)
+        return server
+
+    yield start
+    for server in bridges:
+        await server.stop(grace=0)
+
+
+@pytest.fixture
+async def bridge(make_bridge: BridgeFactory) -> BridgeServer:
+    return await make_bridge()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session
