@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -89,7 +90,7 @@ async def test_frames_are_written_as_they_come(
         async for _ in read_events(response):
             arrivals.append(loop.time())
 
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert all(gap > 0.2 for gap in gaps[:3]), gaps
 
 
