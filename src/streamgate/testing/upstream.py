@@ -13,8 +13,10 @@ and a request for model `openai/stall` gets it; other models get `default`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +85,8 @@ class Counters:
     finished: int = 0
     disconnects: int = 0
     active: int = 0
-    bodies: list[dict[str, Any]] = field(default_factory=list)
+    #: The last request bodies received, newest last.
+    bodies: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 def token(i: int) -> str:
@@ -114,7 +117,7 @@ class FakeUpstream:
         # notices the disconnect at once, as a real server's socket would.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)
@@ -223,3 +226,31 @@ class FakeUpstream:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def main() -> None:
+    """`python -m streamgate.testing.upstream`: run the fake upstream alone (benchmarks, demos)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="An OpenAI-compatible fake upstream on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tokens", type=int, default=100, help="tokens per answer")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    args = parser.parse_args()
+
+    async def run() -> None:
+        upstream = FakeUpstream(
+            Scenario(tokens=args.tokens, delay=args.delay, first_token_delay=args.first_token_delay)
+        )
+        upstream.port = args.port
+        await upstream.start()
+        print(f"upstream listening on {upstream.api_base}", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
