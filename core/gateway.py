@@ -85,13 +85,16 @@ class Gateway:
             return False
         return True
 
-    async def drain(self, grace: float) -> None:
-        """Refuse new streams, let open ones finish for `grace` seconds, then end them with UNAVAILABLE."""
+    async def drain(self, grace: float, error: StreamError | None = None) -> None:
+        """Refuse new streams, let open ones finish for `grace` seconds, then end them with `error`.
+
+        The default error is UNAVAILABLE, "the server is shutting down".
+        """
         self.draining = True
         if await self.wait_idle(grace):
             return
         logger.warning("drain: ending %d open stream(s) after %.1f s of grace", len(self._streams), grace)
-        error = StreamError(ErrorCode.UNAVAILABLE, SHUTTING_DOWN, retryable=True)
+        error = error or StreamError(ErrorCode.UNAVAILABLE, SHUTTING_DOWN, retryable=True)
         for stream in list(self._streams):
             stream.abort(error)
         await self.wait_idle(5.0)

@@ -12,13 +12,16 @@ from . import _offline
 _offline.apply()
 
 if TYPE_CHECKING:
+    from .bridges.handler import StreamFormat, StreamingHandler
     from .core import LiteLLMConfig, LiteLLMProvider
 
-__all__ = ["LiteLLMConfig", "LiteLLMProvider"]
+__all__ = ["LiteLLMConfig", "LiteLLMProvider", "StreamFormat", "StreamingHandler"]
 
 _LAZY = {
     "LiteLLMConfig": "streamgate.core",
     "LiteLLMProvider": "streamgate.core",
+    "StreamFormat": "streamgate.bridges.handler",
+    "StreamingHandler": "streamgate.bridges.handler",
 }
 
 

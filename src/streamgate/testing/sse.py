@@ -19,7 +19,7 @@ class SSEParser:
 
     def feed(self, data: bytes) -> list[str]:
         """Events completed by `data`: each the joined `data:` lines of one event."""
-        self._buffer += data
+        self._buffer = (self._buffer + data).replace(b"\r\n", b"\n")  # CRLF is valid SSE too
         events = []
         while b"\n\n" in self._buffer:
             block, self._buffer = self._buffer.split(b"\n\n", 1)
