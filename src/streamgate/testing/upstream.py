@@ -113,6 +113,7 @@ class FakeUpstream:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_get("/counters", self._counters)
         # Cancel the handler when the client goes away, so a stalled answer
         # notices the disconnect at once, as a real server's socket would.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -130,6 +131,13 @@ class FakeUpstream:
     async def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait until no request is being answered."""
         await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def _counters(self, request: web.Request) -> web.Response:
+        """What tests in other languages check: started, finished, disconnects, active."""
+        c = self.counters
+        return web.json_response(
+            {"started": c.started, "finished": c.finished, "disconnects": c.disconnects, "active": c.active}
+        )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
