@@ -21,6 +21,8 @@ from .convert import event_to_proto, request_from_proto
 from .status import GRPC_STATUS
 
 REQUEST_ID_HEADER = "x-request-id"
+#: Seconds before the client's deadline at which the core ends the stream itself.
+DEADLINE_MARGIN = 0.05
 
 
 class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
@@ -35,8 +37,12 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
         try:
             stream_request = request_from_proto(request)
             remaining = context.time_remaining()
-            if remaining is not None and (stream_request.timeout is None or remaining < stream_request.timeout):
-                stream_request = dataclasses.replace(stream_request, timeout=max(remaining, 0.001))
+            if remaining is not None:
+                # End the stream a little before the client's deadline, so that its final
+                # message (with the partial text) still reaches the client.
+                remaining = max(remaining - DEADLINE_MARGIN, 0.001)
+                if stream_request.timeout is None or remaining < stream_request.timeout:
+                    stream_request = dataclasses.replace(stream_request, timeout=remaining)
             stream = self.gateway.open(stream_request)
         except StreamError as error:
             await context.abort(GRPC_STATUS[error.code], error.message)
