@@ -19,9 +19,8 @@ async def main(address: str, query: str) -> None:
             elif isinstance(event, Completion):
                 m = event.metrics
                 print(f"\n\nmodel {event.model}, finish {event.finish_reason}")
-                print(
-                    f"tokens {event.usage.prompt_tokens} in + {event.usage.completion_tokens} out, cost {event.cost_usd}"
-                )
+                usage = event.usage
+                print(f"tokens {usage.prompt_tokens} in + {usage.completion_tokens} out, cost {event.cost_usd}")
                 print(f"time to first token {m.ttft_ms:.0f} ms, {m.tokens_per_second:.1f} tokens/s, {m.chunks} chunks")
             else:
                 print(f"\n\nfailed: {event.error.code.value}: {event.error.message}", file=sys.stderr)

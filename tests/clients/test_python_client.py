@@ -16,6 +16,7 @@ from streamgate.testing.upstream import FakeUpstream, Scenario, token
 from tests.conftest import CoreFactory, eventually
 
 SLOW = Scenario(tokens=500, delay=0.05)
+EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "python" / "example.py"
 
 
 async def test_chunks_arrive_in_order_and_join_to_the_final_text(core: CoreServer) -> None:
@@ -85,9 +86,8 @@ async def test_parameters_and_metrics(core: CoreServer, upstream: FakeUpstream) 
 
 
 async def test_the_example_prints_chunks_and_the_final_figures(core: CoreServer) -> None:
-    example = Path(__file__).resolve().parents[2] / "clients" / "python" / "example.py"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(example), core.address, "hello", stdout=subprocess.PIPE
+        sys.executable, str(EXAMPLE), core.address, "hello", stdout=subprocess.PIPE
     )
     out, _ = await process.communicate()
     text = out.decode()
