@@ -37,6 +37,12 @@ class LiteLLMConfig:
     parameters: GenerationParameters = field(default_factory=GenerationParameters)
     #: Models a request may name; empty allows any model litellm knows.
     allowed_models: tuple[str, ...] = ()
+    #: Tries of the same model again when it fails before its first token with a retryable error.
+    retries: int = 2
+    #: Seconds before the first retry; doubled each time (at most 2 s), with +/-50% jitter.
+    retry_backoff: float = 0.2
+    #: Models tried in order when the model fails before its first token (after its retries).
+    fallback_models: tuple[str, ...] = ()
     #: Pace of the embedded default model, in tokens per second (0: as fast as it can).
     embedded_tokens_per_second: float = 30.0
 
@@ -49,5 +55,9 @@ class LiteLLMConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
         if self.max_concurrent_streams < 1:
             raise ValueError(f"max_concurrent_streams must be at least 1, got {self.max_concurrent_streams}")
+        if self.retries < 0:
+            raise ValueError(f"retries must not be negative, got {self.retries}")
+        if not (self.retry_backoff >= 0 and math.isfinite(self.retry_backoff)):
+            raise ValueError(f"retry_backoff must be a non-negative number of seconds, got {self.retry_backoff}")
         if self.embedded_tokens_per_second < 0:
             raise ValueError("embedded_tokens_per_second must not be negative")

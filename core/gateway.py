@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Self
 
@@ -29,6 +30,8 @@ from .upstream import Provider
 logger = logging.getLogger("streamgate.core")
 
 SHUTTING_DOWN = "the server is shutting down"
+#: Longest wait between two tries of the same model, before jitter.
+MAX_BACKOFF = 2.0
 
 
 class Gateway:
@@ -111,6 +114,8 @@ class GatewayStream(AsyncIterator[Event]):
         self._waiting: asyncio.Timeout | None = None
         self._abort: StreamError | None = None
         self._closed = False
+        self._attempt = 0
+        self._fallbacks = list(gateway.config.fallback_models)
 
     def __aiter__(self) -> Self:
         return self
@@ -209,7 +214,26 @@ class GatewayStream(AsyncIterator[Event]):
                     try:
                         async with asyncio.timeout_at(limit) as waiting:
                             self._waiting = waiting
-                            delta = await anext(upstream)
+                            try:
+                                delta = await anext(upstream)
+                            except StreamError as exc:
+                                retry = self._retry(exc) if clock.first_token is None else None
+                                if retry is None:
+                                    raise
+                                await upstream.aclose()
+                                model, delay = retry
+                                logger.info(
+                                    "stream %s: %s failed before its first token (%s); trying %s in %.2f s",
+                                    request.request_id,
+                                    self.model,
+                                    exc.message,
+                                    model,
+                                    delay,
+                                )
+                                self.model = model
+                                await asyncio.sleep(delay)  # within the deadline: a drain or timeout ends it
+                                upstream = provider.stream(request, model)
+                                continue
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
@@ -239,6 +263,21 @@ class GatewayStream(AsyncIterator[Event]):
             # Reached on cancellation and on aclose() too: the upstream is closed either way.
             await upstream.aclose()
             self._finish("cancelled", None)
+
+    def _retry(self, error: StreamError) -> tuple[str, float] | None:
+        """Before the first token only: the same model again after a backoff with jitter
+        (retryable errors, up to `retries` times), then the next fallback model at once."""
+        config = self._gateway.config
+        if error.retryable and self._attempt < config.retries:
+            self._attempt += 1
+            backoff = min(config.retry_backoff * 2 ** (self._attempt - 1), MAX_BACKOFF)
+            self._gateway.metrics.retries.labels("retry").inc()
+            return self.model, backoff * random.uniform(0.5, 1.5)
+        if self._fallbacks:
+            self._attempt = 0
+            self._gateway.metrics.retries.labels("fallback").inc()
+            return self._fallbacks.pop(0), 0.0
+        return None
 
     def _timeout_error(self, whole: bool, before_first: bool, timeout: float) -> StreamError:
         config = self._gateway.config

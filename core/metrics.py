@@ -93,6 +93,12 @@ class GatewayMetrics:
             ["model", "outcome"],
             registry=r,
         )
+        self.retries = Counter(
+            "streamgate_upstream_retries",
+            "Tries of an upstream after a failure before the first token.",
+            ["kind"],
+            registry=r,
+        )
         self.tokens = Counter("streamgate_tokens", "Tokens, by model and kind.", ["model", "kind"], registry=r)
         self.cost = Counter("streamgate_cost_usd", "Cost in US dollars, by model.", ["model"], registry=r)
         self.ttft = Histogram(

@@ -25,8 +25,10 @@ class LiteLLMProvider:
         logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # litellm logs every call at INFO
         embedded.register(self.config.embedded_tokens_per_second)
         self._known: dict[str, str] = {}
-        # Fail at start-up, not on the first request, when the default model is unknown.
+        # Fail at start-up, not on the first request, when a configured model is unknown.
         self.resolve_model(None)
+        for model in self.config.fallback_models:
+            self.resolve_model(model)
 
     def resolve_model(self, requested: str | None) -> str:
         model = requested or self.config.model

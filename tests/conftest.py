@@ -40,7 +40,7 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
     async def start(**overrides: Any) -> CoreServer:
         metrics_port = overrides.pop("metrics_port", None)
         drain_grace = overrides.pop("drain_grace", 0.5)
-        fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key"}
+        fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key", "retry_backoff": 0.01}
         fields.update(overrides)
         server = CoreServer(
             LiteLLMConfig(**fields),

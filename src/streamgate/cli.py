@@ -57,6 +57,8 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "--stream-timeout", float, 300.0, "seconds a whole stream may last")
     _add(group, "--first-token-timeout", float, 60.0, "seconds to wait for the first token")
     _add(group, "--idle-timeout", float, 30.0, "seconds the upstream may stay silent between tokens")
+    _add(group, "--retries", int, 2, "tries of a model again when it fails before its first token")
+    _add(group, "--fallback-models", _origins, (), "comma-separated models tried in order when the model fails")
     _add(group, "--tokens-per-second", float, 30.0, "pace of the embedded default model (0: unpaced)")
 
 
@@ -82,6 +84,7 @@ def _bridge_flags(parser: argparse.ArgumentParser, with_core: bool) -> None:
 
 
 def _origins(text: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list (origins, models)."""
     if isinstance(text, tuple):
         return text
     return tuple(origin.strip() for origin in text.split(",") if origin.strip())
@@ -136,6 +139,8 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         first_token_timeout=args.first_token_timeout,
         idle_timeout=args.idle_timeout,
         embedded_tokens_per_second=args.tokens_per_second,
+        retries=args.retries,
+        fallback_models=args.fallback_models,
     )
     server = CoreServerConfig(
         host=args.host, grpc_port=args.grpc_port, metrics_port=args.metrics_port, drain_grace=args.drain_grace
@@ -170,6 +175,8 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "stream_timeout",
         "first_token_timeout",
         "idle_timeout",
+        "retries",
+        "fallback_models",
         "tokens_per_second",
         "host",
         "grpc_port",
@@ -181,6 +188,8 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value is None and name != "metrics_port":
             continue
+        if isinstance(value, tuple):
+            value = ",".join(value)
         argv += [f"--{name.replace('_', '-')}", "off" if value is None else str(value)]
     return argv
 

@@ -67,6 +67,8 @@ class Scenario:
     first_token_delay: float = 0.0
     #: Answer with this HTTP status and an OpenAI-style error body instead.
     status: int = 200
+    #: With `status`: fail only this many requests of the scenario, then answer normally.
+    fail_times: int | None = None
     #: After this many tokens, stop sending but keep the connection open.
     stall_after: int | None = None
     #: After this many tokens, drop the connection without finishing.
@@ -105,6 +107,7 @@ class FakeUpstream:
         self.port = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._failed: dict[str, int] = {}
 
     @property
     def api_base(self) -> str:
@@ -160,7 +163,9 @@ class FakeUpstream:
 
     async def _answer(self, request: web.Request, body: dict[str, Any], sc: Scenario) -> web.StreamResponse:
         model = sc.model or str(body.get("model", "fake"))
-        if sc.status != 200:
+        failed = self._failed.get(model, 0)
+        if sc.status != 200 and (sc.fail_times is None or failed < sc.fail_times):
+            self._failed[model] = failed + 1
             error = {"error": {"message": f"fake upstream answers {sc.status}", "type": "fake", "code": None}}
             return web.json_response(error, status=sc.status)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
