@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from streamgate.core import Chunk, ErrorCode, Event, Failure, Metrics, StreamError, Usage
 from streamgate.rpc.convert import event_from_proto
-from streamgate.rpc.servicer import REQUEST_ID_HEADER
+from streamgate.rpc.servicer import AUTHORIZATION, REQUEST_ID_HEADER
 from streamgate.rpc.status import FROM_GRPC_STATUS
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
@@ -109,14 +109,18 @@ class CoreClient:
         self._stub = pb_grpc.StreamGateServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    async def open(self, request: pb.GenerateRequest) -> CoreStream:
-        """Start a stream; raises `StreamError` when the core refuses it or cannot be reached."""
-        call = self._stub.Generate(request)
+    async def open(self, request: pb.GenerateRequest, authorization: str | None = None) -> CoreStream:
+        """Start a stream; raises `StreamError` when the core refuses it or cannot be reached.
+
+        `authorization` (the client's `Authorization` header) is passed on for the core to check.
+        """
+        credentials = ((AUTHORIZATION, authorization),) if authorization else None
+        call = self._stub.Generate(request, metadata=credentials)
         try:
-            metadata = await call.initial_metadata()
+            headers = await call.initial_metadata()
         except grpc.aio.AioRpcError as exc:
             raise _refusal(exc.code(), exc.details()) from None
-        request_id = dict(metadata or ()).get(REQUEST_ID_HEADER)
+        request_id = dict(headers or ()).get(REQUEST_ID_HEADER)
         if request_id is None:  # refused: the status came without headers
             raise _refusal(await call.code(), await call.details())
         return CoreStream(call, str(request_id))

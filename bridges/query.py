@@ -129,4 +129,14 @@ def is_cancel(data: Any) -> bool:
     return isinstance(data, Mapping) and data.get("type") == "cancel"
 
 
-__all__ = ["NO_QUERY", "StreamError", "from_json", "from_query_string", "is_cancel", "loads"]
+def is_auth(data: Any) -> bool:
+    """`{"type": "auth", "api_key": "..."}`: credentials for a WebSocket whose browser cannot set headers."""
+    if not (isinstance(data, Mapping) and data.get("type") == "auth"):
+        return False
+    key = data.get("api_key")
+    if not isinstance(key, str) or not key.strip() or set(data) - {"type", "api_key"}:
+        raise invalid('an auth message is {"type": "auth", "api_key": "<key>"}')
+    return True
+
+
+__all__ = ["NO_QUERY", "StreamError", "from_json", "from_query_string", "is_auth", "is_cancel", "loads"]

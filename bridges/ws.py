@@ -36,9 +36,11 @@ class _Reject:
 
 
 class Session:
-    def __init__(self, ws: web.WebSocketResponse, state: BridgeState) -> None:
+    def __init__(self, ws: web.WebSocketResponse, state: BridgeState, authorization: str | None = None) -> None:
         self.ws = ws
         self.state = state
+        #: Passed on to the core with each query: the upgrade's header, or an `auth` message's key.
+        self.authorization = authorization
         self.pending: asyncio.Queue[pb.GenerateRequest | _Reject] = asyncio.Queue()
         self.queries = 0
         self.current: OpenStream | None = None
@@ -50,6 +52,9 @@ class Session:
             if query.is_cancel(data):
                 if self.current is not None:
                     self.current.end(CANCELLED)
+                return
+            if query.is_auth(data):
+                self.authorization = f"Bearer {data['api_key']}"
                 return
             request = query.from_json(data)
             if self.queries >= self.state.config.max_queued_queries + 1:
@@ -87,7 +92,7 @@ class Session:
         ws, state, metrics = self.ws, self.state, self.state.metrics
         try:
             state.refuse_if_draining()
-            core = await state.client.open(request)
+            core = await state.client.open(request, self.authorization)
         except StreamError as error:
             metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
             await ws.send_str(framing.ws_error(error.message))
@@ -145,7 +150,7 @@ async def stream_ws(request: web.Request) -> web.WebSocketResponse:
     state = request.app[STATE]
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=state.config.max_body_bytes)
     await ws.prepare(request)
-    session = Session(ws, state)
+    session = Session(ws, state, request.headers.get("Authorization"))
     worker = asyncio.create_task(session.run())
     try:
         async for message in ws:

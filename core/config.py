@@ -37,6 +37,8 @@ class LiteLLMConfig:
     parameters: GenerationParameters = field(default_factory=GenerationParameters)
     #: Models a request may name; empty allows any model litellm knows.
     allowed_models: tuple[str, ...] = ()
+    #: Streams one API key may hold open at once (0: only the overall limit applies).
+    max_streams_per_key: int = 0
     #: Tries of the same model again when it fails before its first token with a retryable error.
     retries: int = 2
     #: Seconds before the first retry; doubled each time (at most 2 s), with +/-50% jitter.
@@ -55,6 +57,8 @@ class LiteLLMConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
         if self.max_concurrent_streams < 1:
             raise ValueError(f"max_concurrent_streams must be at least 1, got {self.max_concurrent_streams}")
+        if self.max_streams_per_key < 0:
+            raise ValueError(f"max_streams_per_key must not be negative, got {self.max_streams_per_key}")
         if self.retries < 0:
             raise ValueError(f"retries must not be negative, got {self.retries}")
         if not (self.retry_backoff >= 0 and math.isfinite(self.retry_backoff)):

@@ -42,6 +42,7 @@ class Gateway:
         self.config = provider.config
         self.metrics = metrics or GatewayMetrics()
         self._streams: set[GatewayStream] = set()
+        self._per_key: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
@@ -63,19 +64,36 @@ class Gateway:
                     f"too many concurrent streams (limit {limit}); retry shortly",
                     retryable=True,
                 )
+            per_key = self.config.max_streams_per_key
+            principal = request.principal
+            if per_key and principal is not None and self._per_key.get(principal, 0) >= per_key:
+                raise StreamError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"too many concurrent streams for this API key (limit {per_key}); retry shortly",
+                    retryable=True,
+                )
         except StreamError as error:
             self.metrics.stream_rejected(error.code.value)
             logger.info("stream %s refused: %s %s", request.request_id, error.code.value, error.message)
             raise
         stream = GatewayStream(self, request, model)
         self._streams.add(stream)
+        if request.principal is not None:
+            self._per_key[request.principal] = self._per_key.get(request.principal, 0) + 1
         self._idle.clear()
         self.metrics.stream_started()
-        logger.debug("stream %s started: model=%s", request.request_id, model)
+        logger.debug("stream %s started: model=%s key=%s", request.request_id, model, request.principal)
         return stream
 
     def _release(self, stream: GatewayStream) -> None:
         self._streams.discard(stream)
+        principal = stream.request.principal
+        if principal is not None:
+            left = self._per_key.get(principal, 1) - 1
+            if left:
+                self._per_key[principal] = left
+            else:
+                self._per_key.pop(principal, None)
         if not self._streams:
             self._idle.set()
 

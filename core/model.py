@@ -144,6 +144,8 @@ class StreamRequest:
     request_id: str = ""
     #: Whole-stream timeout in seconds, capped by the gateway's own.
     timeout: float | None = None
+    #: Who asked (the API key's holder), for per-key limits and logs; None when auth is off.
+    principal: str | None = None
 
     @classmethod
     def create(
@@ -155,6 +157,7 @@ class StreamRequest:
         parameters: GenerationParameters | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        principal: str | None = None,
     ) -> StreamRequest:
         """Validate the parts of a request; raises `StreamError(INVALID_ARGUMENT)`."""
         chat = tuple(messages)
@@ -187,6 +190,7 @@ class StreamRequest:
             parameters=parameters or GenerationParameters(),
             request_id=request_id or uuid.uuid4().hex,
             timeout=timeout,
+            principal=principal,
         )
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from streamgate.bridges.app import BridgeServer
 from streamgate.core import LiteLLMConfig
+from streamgate.core.auth import Keyring
 from streamgate.rpc.server import CoreServer, CoreServerConfig
 from streamgate.testing.upstream import FakeUpstream, Scenario
 from streamgate.v1 import streamgate_pb2 as pb
@@ -40,11 +41,12 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
     async def start(**overrides: Any) -> CoreServer:
         metrics_port = overrides.pop("metrics_port", None)
         drain_grace = overrides.pop("drain_grace", 0.5)
+        keyring = overrides.pop("keyring", Keyring())
         fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key", "retry_backoff": 0.01}
         fields.update(overrides)
         server = CoreServer(
             LiteLLMConfig(**fields),
-            CoreServerConfig(grpc_port=0, metrics_port=metrics_port, drain_grace=drain_grace),
+            CoreServerConfig(grpc_port=0, metrics_port=metrics_port, drain_grace=drain_grace, keyring=keyring),
         )
         await server.start()
         servers.append(server)

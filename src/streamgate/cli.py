@@ -68,6 +68,10 @@ def _core_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "--grpc-port", int, 50051, "gRPC port (0: any free port)")
     _add(group, "--metrics-port", _optional_port, 9464, "Prometheus metrics port ('off' to disable)")
     _add(group, "--drain-grace", float, 10.0, "seconds open streams may finish after SIGTERM")
+    auth = parser.add_argument_group("authentication (off unless keys are given)")
+    _add(auth, "--api-keys", str, None, "comma-separated API keys; prefer the environment variable to the flag")
+    _add(auth, "--api-keys-file", str, None, "file of API keys, one 'name: key' (or 'key') per line")
+    _add(auth, "--max-streams-per-key", int, 0, "streams one API key may hold open (0: no per-key limit)")
 
 
 def _bridge_flags(parser: argparse.ArgumentParser, with_core: bool) -> None:
@@ -128,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     from streamgate.core import LiteLLMConfig
+    from streamgate.core.auth import Keyring
     from streamgate.rpc.server import CoreServerConfig
 
     config = LiteLLMConfig(
@@ -141,9 +146,19 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         embedded_tokens_per_second=args.tokens_per_second,
         retries=args.retries,
         fallback_models=args.fallback_models,
+        max_streams_per_key=args.max_streams_per_key,
     )
+    keyring = Keyring()
+    if args.api_keys:
+        keyring = Keyring.from_list(args.api_keys)
+    if args.api_keys_file:
+        keyring = Keyring(keyring.keys + Keyring.from_file(args.api_keys_file).keys)
     server = CoreServerConfig(
-        host=args.host, grpc_port=args.grpc_port, metrics_port=args.metrics_port, drain_grace=args.drain_grace
+        host=args.host,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        drain_grace=args.drain_grace,
+        keyring=keyring,
     )
     return config, server
 
@@ -182,6 +197,8 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "grpc_port",
         "metrics_port",
         "drain_grace",
+        "api_keys_file",
+        "max_streams_per_key",
     )
     argv = ["--log-level", args.log_level]
     for name in names:
@@ -218,11 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamgate.serve import serve
 
             _core_configs(args)  # validate before starting anything
-            if args.upstream_api_key:
-                os.environ[_env_name("--upstream-api-key")] = args.upstream_api_key
+            for flag in ("--upstream-api-key", "--api-keys"):  # secrets reach the core by environment
+                value = getattr(args, flag[2:].replace("-", "_"))
+                if value:
+                    os.environ[_env_name(flag)] = value
             _bridge_config(args, f"{args.host}:{args.grpc_port}")
             return asyncio.run(serve(_core_argv(args), lambda core: _bridge_config(args, core)))
-    except ValueError as exc:  # a bad flag value: say which, without a traceback
+    except (ValueError, OSError) as exc:  # a bad flag value or file: say which, without a traceback
         parser.error(str(exc))
     except StreamError as exc:  # e.g. an unknown --model
         parser.error(exc.message)

@@ -25,7 +25,7 @@ def _opt(message: pb.GenerationParameters, field: str) -> float | None:
     return getattr(message, field) if message.HasField(field) else None  # type: ignore[arg-type]
 
 
-def request_from_proto(message: pb.GenerateRequest) -> StreamRequest:
+def request_from_proto(message: pb.GenerateRequest, principal: str | None = None) -> StreamRequest:
     """A validated `StreamRequest`; raises `StreamError(INVALID_ARGUMENT)`."""
     p = message.parameters
     parameters = GenerationParameters(
@@ -50,6 +50,7 @@ def request_from_proto(message: pb.GenerateRequest) -> StreamRequest:
         parameters=parameters,
         request_id=message.request_id or None,
         timeout=timeout,
+        principal=principal,
     )
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from streamgate.core import Gateway, LiteLLMConfig, LiteLLMProvider
+from streamgate.core.auth import Keyring
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
@@ -35,6 +36,8 @@ class CoreServerConfig:
     metrics_port: int | None = 9464
     #: Seconds open streams may go on after SIGTERM before they are ended.
     drain_grace: float = 10.0
+    #: API keys; empty: no authentication.
+    keyring: Keyring = field(default_factory=Keyring)
 
     def __post_init__(self) -> None:
         if not 0 <= self.grpc_port <= 65535:
@@ -71,7 +74,7 @@ class CoreServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_StreamGateServiceServicer_to_server(StreamGateServicer(self.gateway), server)
+        pb_grpc.add_StreamGateServiceServicer_to_server(StreamGateServicer(self.gateway, sc.keyring), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

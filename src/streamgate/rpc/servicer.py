@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from streamgate.core import Failure, Gateway, StreamError
+from streamgate.core.auth import Keyring
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
@@ -21,13 +23,24 @@ from .convert import event_to_proto, request_from_proto
 from .status import GRPC_STATUS
 
 REQUEST_ID_HEADER = "x-request-id"
+#: Metadata key of the credentials: `authorization: Bearer <API key>`, as in HTTP.
+AUTHORIZATION = "authorization"
 #: Seconds before the client's deadline at which the core ends the stream itself.
 DEADLINE_MARGIN = 0.05
 
 
 class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, keyring: Keyring | None = None) -> None:
         self.gateway = gateway
+        self.keyring = keyring or Keyring()
+
+    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+        """The API key's holder from the `authorization` metadata; raises UNAUTHENTICATED."""
+        if not self.keyring.enabled:
+            return None
+        metadata = dict(context.invocation_metadata() or ())
+        value = metadata.get(AUTHORIZATION)
+        return self.keyring.authenticate(value if isinstance(value, str) else None)
 
     async def Generate(
         self,
@@ -35,7 +48,7 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
         context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse],
     ) -> AsyncIterator[pb.GenerateResponse]:
         try:
-            stream_request = request_from_proto(request)
+            stream_request = request_from_proto(request, self._authenticate(context))
             remaining = context.time_remaining()
             if remaining is not None:
                 # End the stream a little before the client's deadline, so that its final
@@ -59,6 +72,10 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
         request: pb.GetMetricsRequest,
         context: grpc.aio.ServicerContext[pb.GetMetricsRequest, pb.GetMetricsResponse],
     ) -> pb.GetMetricsResponse:
+        try:
+            self._authenticate(context)
+        except StreamError as error:
+            await context.abort(GRPC_STATUS[error.code], error.message)
         s = self.gateway.metrics.snapshot(draining=self.gateway.draining)
         return pb.GetMetricsResponse(
             active_streams=s.active_streams,
