@@ -181,6 +181,7 @@ class StreamingHandler:
             return
         self._closed = True
         await self._gateway.drain(grace=0.0, error=StreamError(ErrorCode.UNAVAILABLE, "the handler was cleaned up"))
+        await self.provider.close()
         logger.debug("handler cleaned up")
 
     async def __aenter__(self) -> StreamingHandler:

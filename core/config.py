@@ -45,6 +45,9 @@ class LiteLLMConfig:
     retry_backoff: float = 0.2
     #: Models tried in order when the model fails before its first token (after its retries).
     fallback_models: tuple[str, ...] = ()
+    #: Stream OpenAI-compatible upstreams through the lean parser instead of litellm's stream wrapper
+    #: (same frames, a fraction of the CPU); litellm still resolves models and prices them.
+    fast_path: bool = True
     #: Pace of the embedded default model, in tokens per second (0: as fast as it can).
     embedded_tokens_per_second: float = 30.0
 

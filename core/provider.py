@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import aiohttp
 import litellm
 
-from . import embedded
+from . import embedded, openai_stream
 from .config import LiteLLMConfig
 from .errors import StreamError, invalid
 from .model import GenerationParameters, StreamRequest, Usage
 from .translate import translate
 from .upstream import Delta
+
+#: litellm providers that speak OpenAI's chat-completions stream, streamed by the lean path.
+LEAN_PROVIDERS = frozenset({"openai", "hosted_vllm"})
+DEFAULT_OPENAI_BASE = "https://api.openai.com/v1"
 
 
 class LiteLLMProvider:
@@ -25,6 +31,9 @@ class LiteLLMProvider:
         logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # litellm logs every call at INFO
         embedded.register(self.config.embedded_tokens_per_second)
         self._known: dict[str, str] = {}
+        #: OpenAI-compatible models: name at the upstream, key and base URL litellm found for them.
+        self._lean: dict[str, tuple[str, str | None, str | None]] = {}
+        self._session: aiohttp.ClientSession | None = None
         # Fail at start-up, not on the first request, when a configured model is unknown.
         self.resolve_model(None)
         for model in self.config.fallback_models:
@@ -38,13 +47,15 @@ class LiteLLMProvider:
         if requested and allowed and model not in allowed and model != self.config.model:
             raise invalid(f"model {model!r} is not allowed here; allowed: {', '.join(allowed)}")
         try:
-            _, provider, _, _ = litellm.get_llm_provider(model, api_base=self.config.api_base)
+            name, provider, key, base = litellm.get_llm_provider(model, api_base=self.config.api_base)
         except Exception as exc:
             raise invalid(
                 f"unknown model {model!r}: name it as litellm does, with its provider, e.g. 'openai/gpt-4o-mini'"
             ) from exc
         if len(self._known) < 10_000:
             self._known[model] = provider
+            if provider in LEAN_PROVIDERS:
+                self._lean[model] = (name, key, base)
         return model
 
     def _kwargs(self, request: StreamRequest, model: str) -> dict[str, Any]:
@@ -60,7 +71,41 @@ class LiteLLMProvider:
                 kwargs["api_key"] = self.config.api_key
         return kwargs
 
-    async def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
+    def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
+        if self.config.enable_streaming and self.config.fast_path and model in self._lean:
+            return self._stream_lean(request, model)
+        return self._stream_litellm(request, model)
+
+    def _session_for_loop(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                auto_decompress=False,
+            )
+        return self._session
+
+    def _stream_lean(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
+        name, key, base = self._lean[model]
+        base = self.config.api_base or base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+        body: dict[str, Any] = {
+            "model": name,
+            "messages": [m.to_openai() for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **request.parameters.merged_over(self.config.parameters).to_kwargs(),
+        }
+        api_key = self.config.api_key or key or os.environ.get("OPENAI_API_KEY")
+        url = (base or DEFAULT_OPENAI_BASE).rstrip("/") + "/chat/completions"
+        return openai_stream.stream_chat(self._session_for_loop(), url, api_key, body)
+
+    async def close(self) -> None:
+        """Close the connections of the lean path."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _stream_litellm(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
         kwargs = self._kwargs(request, model)
         if not self.config.enable_streaming:
             async for delta in self._whole(kwargs):

@@ -41,6 +41,10 @@ class Provider(Protocol):
 
     async def warm_up(self) -> None: ...
 
+    async def close(self) -> None:
+        """Release connections; the provider can still be used after (it reconnects)."""
+        ...
+
     def cost(self, model: str, usage: Usage) -> float | None:
         """Cost in US dollars, or None when the model's price is unknown."""
         ...

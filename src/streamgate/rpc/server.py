@@ -110,6 +110,7 @@ class CoreServer:
         await self.gateway.drain(grace)
         if self._server is not None:
             await self._server.stop(1.0)
+        await self.gateway.provider.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

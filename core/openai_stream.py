@@ -1,0 +1,144 @@
+"""The lean path: stream an OpenAI-compatible upstream (OpenAI, vLLM, most hosted APIs) directly.
+
+litellm's stream wrapper costs about 0.45 ms of CPU a chunk; reading the SSE
+lines with aiohttp and `json.loads` costs about 0.02 ms. litellm still resolves
+the model, and prices it; this module only moves the bytes, and translates the
+failures it meets (HTTP statuses, broken connections, malformed chunks) into
+the one error model, once, here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import aiohttp
+
+from .errors import ErrorCode, StreamError
+from .model import Usage
+from .upstream import Delta
+
+#: HTTP status of an upstream error → (code, retryable, summary); other 4xx are INVALID_ARGUMENT.
+_HTTP: dict[int, tuple[ErrorCode, bool, str]] = {
+    400: (ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"),
+    401: (ErrorCode.INTERNAL, False, "the upstream rejected the gateway's credentials"),
+    403: (ErrorCode.INTERNAL, False, "the upstream denied access to the model"),
+    404: (ErrorCode.INVALID_ARGUMENT, False, "the upstream does not know the model"),
+    408: (ErrorCode.DEADLINE_EXCEEDED, True, "the upstream timed out"),
+    422: (ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"),
+    429: (ErrorCode.RESOURCE_EXHAUSTED, True, "the upstream is rate limiting"),
+}
+BROKE_OFF = "the upstream stream broke off"
+
+
+def _http_error(status: int, body: bytes) -> StreamError:
+    if status in _HTTP:
+        code, retryable, summary = _HTTP[status]
+    elif status >= 500:
+        code, retryable, summary = ErrorCode.UNAVAILABLE, True, "the upstream failed"
+    else:
+        code, retryable, summary = ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"
+    detail = ""
+    try:
+        error = json.loads(body).get("error")
+        detail = str(error.get("message") if isinstance(error, dict) else error or "")
+    except (ValueError, AttributeError):
+        detail = body[:200].decode(errors="replace").strip()
+    detail = detail.split("\n", 1)[0][:300]
+    return StreamError(
+        code, f"{summary}: {detail} (HTTP {status})" if detail else f"{summary} (HTTP {status})", retryable=retryable
+    )
+
+
+def _delta(chunk: dict[str, Any]) -> Delta:
+    usage = chunk.get("usage")
+    choices = chunk.get("choices")
+    content, finish = "", None
+    if choices:
+        choice = choices[0]
+        content = (choice.get("delta") or {}).get("content") or ""
+        finish = choice.get("finish_reason")
+    return Delta(
+        content=content,
+        finish_reason=finish,
+        usage=Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0) if usage else None,
+        model=chunk.get("model"),
+    )
+
+
+_DONE = object()
+
+
+def _parse(line: bytes) -> Delta | object | None:
+    """A `Delta` for a `data:` line, `_DONE` for `[DONE]`, None for lines that carry nothing."""
+    if not line.startswith(b"data:"):
+        return None  # blank lines, comments, event names
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return _DONE
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise StreamError(ErrorCode.UNAVAILABLE, f"{BROKE_OFF}: a chunk is not JSON", retryable=True) from None
+    if not isinstance(chunk, dict):
+        raise StreamError(ErrorCode.UNAVAILABLE, f"{BROKE_OFF}: a chunk is not an object", retryable=True)
+    if "error" in chunk and not chunk.get("choices"):
+        error = chunk["error"]
+        message = str(error.get("message", error) if isinstance(error, dict) else error)[:300]
+        raise StreamError(ErrorCode.UNAVAILABLE, f"{BROKE_OFF}: {message}", retryable=True)
+    return _delta(chunk)
+
+
+def _received(content: aiohttp.StreamReader) -> list[bytes]:
+    """Whole lines aiohttp had received when the connection broke.
+
+    aiohttp raises the payload error before it hands over data it already
+    holds; those tokens were sent, so they are read here rather than lost.
+    """
+    chunks = [bytes(b) for b in getattr(content, "_buffer", ())]
+    if chunks:  # the first chunk may be partly read already
+        chunks[0] = chunks[0][getattr(content, "_buffer_offset", 0) :]
+    return b"".join(chunks).split(b"\n")[:-1]
+
+
+async def stream_chat(
+    session: aiohttp.ClientSession, url: str, api_key: str | None, body: dict[str, Any]
+) -> AsyncGenerator[Delta, None]:
+    """Deltas of one streamed chat completion. Closing the generator closes the HTTP request."""
+    headers = {"Accept": "text/event-stream"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    try:
+        response = await session.post(url, json=body, headers=headers)
+    except (aiohttp.ClientError, OSError) as exc:
+        raise StreamError(ErrorCode.UNAVAILABLE, f"cannot reach the upstream: {exc}", retryable=True) from exc
+    finished = False
+    try:
+        if response.status != 200:
+            raise _http_error(response.status, await response.read())
+        try:
+            async for line in response.content:
+                item = _parse(line)
+                if item is _DONE:
+                    return
+                if isinstance(item, Delta):
+                    finished = finished or item.finish_reason is not None
+                    yield item
+        except aiohttp.ClientPayloadError as exc:
+            for line in _received(response.content):
+                item = _parse(line)
+                if isinstance(item, Delta):
+                    yield item
+            raise StreamError(ErrorCode.UNAVAILABLE, f"{BROKE_OFF}: the connection was lost", retryable=True) from exc
+        if not finished:  # some servers end without [DONE]; none should end without a finish reason
+            raise StreamError(ErrorCode.UNAVAILABLE, f"{BROKE_OFF}: the connection ended early", retryable=True)
+    except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
+        raise StreamError(ErrorCode.UNAVAILABLE, f"{BROKE_OFF}: {type(exc).__name__}", retryable=True) from exc
+    finally:
+        # Whatever ended the stream, the request ends here: an unread body means the connection is closed.
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
