@@ -111,9 +111,7 @@ class BridgeServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = int(self._runner.addresses[0][1])
         logger.info("bridge listening on %s (core %s)", self.url, self.config.core)
 
     async def stop(self, grace: float | None = None) -> None:

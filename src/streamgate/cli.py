@@ -7,9 +7,10 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
+_T = TypeVar("_T")
 ENV_PREFIX = "STREAMGATE_"
 #: streamgate.core.DEFAULT_MODEL, written out so that --help need not import litellm.
 DEFAULT_MODEL = "streamgate/default"
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamgate",
         description="Stream LLM output from any provider to any client.",
         epilog=f"Every flag can also be set by its environment variable, {ENV_PREFIX}<FLAG_NAME>.",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default=os.environ.get(ENV_PREFIX + "LOOP", "auto"),
+        help=f"event loop: uvloop when installed (auto), or asyncio (env {ENV_PREFIX}LOOP; default auto)",
     )
     parser.add_argument(
         "--log-level",
@@ -200,7 +207,7 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "api_keys_file",
         "max_streams_per_key",
     )
-    argv = ["--log-level", args.log_level]
+    argv = []
     for name in names:
         value = getattr(args, name)
         if value is None and name != "metrics_port":
@@ -209,6 +216,19 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
             value = ",".join(value)
         argv += [f"--{name.replace('_', '-')}", "off" if value is None else str(value)]
     return argv
+
+
+def _run(main: Coroutine[Any, Any, _T], loop: str) -> _T:
+    """Run on uvloop when it is installed (the `fast` extra) unless `--loop asyncio` says otherwise."""
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise ValueError("--loop uvloop needs uvloop: pip install 'streamgate[fast]'") from None
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,11 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamgate.rpc.server import run_core
 
             config, server = _core_configs(args)
-            asyncio.run(run_core(config, server))
+            _run(run_core(config, server), args.loop)
         elif args.command == "bridge":
             from streamgate.bridges.app import run_bridge
 
-            asyncio.run(run_bridge(_bridge_config(args, args.core)))
+            _run(run_bridge(_bridge_config(args, args.core)), args.loop)
         elif args.command == "serve":
             from streamgate.serve import serve
 
@@ -240,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if value:
                     os.environ[_env_name(flag)] = value
             _bridge_config(args, f"{args.host}:{args.grpc_port}")
-            return asyncio.run(serve(_core_argv(args), lambda core: _bridge_config(args, core)))
+            options = ["--log-level", args.log_level, "--loop", args.loop]
+            return _run(serve(options, _core_argv(args), lambda core: _bridge_config(args, core)), args.loop)
     except (ValueError, OSError) as exc:  # a bad flag value or file: say which, without a traceback
         parser.error(str(exc))
     except StreamError as exc:  # e.g. an unknown --model

@@ -33,14 +33,15 @@ async def _relay(stream: asyncio.StreamReader, found: asyncio.Future[str]) -> No
         found.set_exception(RuntimeError("the core exited before it listened"))
 
 
-async def serve(core_argv: list[str], bridge_config: Callable[[str], BridgeConfig]) -> int:
+async def serve(options: list[str], core_argv: list[str], bridge_config: Callable[[str], BridgeConfig]) -> int:
+    """Run `streamgate [options] core [core_argv]` as a child, and the bridge from `bridge_config(address)`."""
     core = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "streamgate.cli",
-        *core_argv[:2],
+        *options,
         "core",
-        *core_argv[2:],
+        *core_argv,
         stderr=asyncio.subprocess.PIPE,
     )
     assert core.stderr is not None
