@@ -48,6 +48,9 @@ class LiteLLMConfig:
     #: Stream OpenAI-compatible upstreams through the lean parser instead of litellm's stream wrapper
     #: (same frames, a fraction of the CPU); litellm still resolves models and prices them.
     fast_path: bool = True
+    #: On the lean path, send the tokens that were already waiting together as one chunk: a stream
+    #: whose reader fell behind catches up at once (chunk boundaries then differ, never the text).
+    coalesce: bool = True
     #: Pace of the embedded default model, in tokens per second (0: as fast as it can).
     embedded_tokens_per_second: float = 30.0
 

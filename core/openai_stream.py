@@ -91,8 +91,8 @@ def _parse(line: bytes) -> Delta | object | None:
     return _delta(chunk)
 
 
-def _received(content: aiohttp.StreamReader) -> list[bytes]:
-    """Whole lines aiohttp had received when the connection broke.
+def _received(content: aiohttp.StreamReader) -> bytes:
+    """What aiohttp had received when the connection broke.
 
     aiohttp raises the payload error before it hands over data it already
     holds; those tokens were sent, so they are read here rather than lost.
@@ -100,13 +100,48 @@ def _received(content: aiohttp.StreamReader) -> list[bytes]:
     chunks = [bytes(b) for b in getattr(content, "_buffer", ())]
     if chunks:  # the first chunk may be partly read already
         chunks[0] = chunks[0][getattr(content, "_buffer_offset", 0) :]
-    return b"".join(chunks).split(b"\n")[:-1]
+    return b"".join(chunks)
+
+
+def _deltas(lines: list[bytes]) -> tuple[list[Delta], bool, StreamError | None]:
+    """The deltas of complete lines; whether `[DONE]` was among them; the error of a bad line, which
+    ends them (the deltas before it are still delivered)."""
+    deltas: list[Delta] = []
+    for line in lines:
+        try:
+            item = _parse(line)
+        except StreamError as error:
+            return deltas, False, error
+        if item is _DONE:
+            return deltas, True, None
+        if isinstance(item, Delta):
+            deltas.append(item)
+    return deltas, False, None
+
+
+def merge(deltas: list[Delta]) -> Delta:
+    """One delta for several that were waiting together: their text joined, the last finish and usage."""
+    return Delta(
+        content="".join(d.content for d in deltas),
+        finish_reason=next((d.finish_reason for d in reversed(deltas) if d.finish_reason), None),
+        usage=next((d.usage for d in reversed(deltas) if d.usage is not None), None),
+        model=next((d.model for d in reversed(deltas) if d.model), None),
+    )
+
+
+def _emit(deltas: list[Delta], coalesce: bool) -> list[Delta]:
+    return [merge(deltas)] if coalesce and len(deltas) > 1 else deltas
 
 
 async def stream_chat(
-    session: aiohttp.ClientSession, url: str, api_key: str | None, body: dict[str, Any]
+    session: aiohttp.ClientSession, url: str, api_key: str | None, body: dict[str, Any], *, coalesce: bool = True
 ) -> AsyncGenerator[Delta, None]:
-    """Deltas of one streamed chat completion. Closing the generator closes the HTTP request."""
+    """Deltas of one streamed chat completion. Closing the generator closes the HTTP request.
+
+    With `coalesce`, the lines that were already waiting together when read
+    become one delta: a reader that keeps up gets one delta a token, one that
+    fell behind catches up in one step instead of paying for every token.
+    """
     headers = {"Accept": "text/event-stream"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -115,22 +150,26 @@ async def stream_chat(
     except (aiohttp.ClientError, OSError) as exc:
         raise StreamError(ErrorCode.UNAVAILABLE, f"cannot reach the upstream: {exc}", retryable=True) from exc
     finished = False
+    pending = b""
     try:
         if response.status != 200:
             raise _http_error(response.status, await response.read())
         try:
-            async for line in response.content:
-                item = _parse(line)
-                if item is _DONE:
+            while data := await response.content.readany():
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                deltas, done, error = _deltas(lines)
+                for delta in _emit(deltas, coalesce):
+                    finished = finished or delta.finish_reason is not None
+                    yield delta
+                if error is not None:
+                    raise error
+                if done:
                     return
-                if isinstance(item, Delta):
-                    finished = finished or item.finish_reason is not None
-                    yield item
         except aiohttp.ClientPayloadError as exc:
-            for line in _received(response.content):
-                item = _parse(line)
-                if isinstance(item, Delta):
-                    yield item
+            deltas, _, _ = _deltas((pending + _received(response.content)).split(b"\n")[:-1])
+            for delta in _emit(deltas, coalesce):
+                yield delta
             raise StreamError(ErrorCode.UNAVAILABLE, f"{BROKE_OFF}: the connection was lost", retryable=True) from exc
         if not finished:  # some servers end without [DONE]; none should end without a finish reason
             raise StreamError(ErrorCode.UNAVAILABLE, f"{BROKE_OFF}: the connection ended early", retryable=True)

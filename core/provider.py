@@ -97,7 +97,7 @@ class LiteLLMProvider:
         }
         api_key = self.config.api_key or key or os.environ.get("OPENAI_API_KEY")
         url = (base or DEFAULT_OPENAI_BASE).rstrip("/") + "/chat/completions"
-        return openai_stream.stream_chat(self._session_for_loop(), url, api_key, body)
+        return openai_stream.stream_chat(self._session_for_loop(), url, api_key, body, coalesce=self.config.coalesce)
 
     async def close(self) -> None:
         """Close the connections of the lean path."""

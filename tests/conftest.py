@@ -43,6 +43,7 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
         drain_grace = overrides.pop("drain_grace", 0.5)
         keyring = overrides.pop("keyring", Keyring())
         fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key", "retry_backoff": 0.01}
+        fields["coalesce"] = False  # chunk-level assertions: one chunk a token (tests/core/test_coalesce.py: on)
         fields.update(overrides)
         server = CoreServer(
             LiteLLMConfig(**fields),

@@ -66,7 +66,7 @@ async def test_the_example_streams_sse(example_url: str) -> None:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         frames = [frame async for frame in read_events(response)]
 
-    assert [f["content"] for f in frames[:-1]] == [token(i) for i in range(8)]
+    assert "".join(f["content"] for f in frames[:-1]) == ANSWER  # tokens waiting together may share a chunk
     assert frames[-1]["is_final"] is True
     assert frames[-1]["metadata"]["final_response"] == ANSWER
 
@@ -86,4 +86,4 @@ async def test_the_example_serves_websocket_queries(example_url: str) -> None:
     assert received[0] == {"type": "error", "content": "No query provided"}
     completes = [m for m in received if m["type"] == "complete"]
     assert [m["content"] for m in completes] == [ANSWER, ANSWER]
-    assert len([m for m in received if m["type"] == "chunk"]) == 16
+    assert "".join(m["content"] for m in received if m["type"] == "chunk") == ANSWER * 2

@@ -19,6 +19,7 @@ from streamgate.testing.upstream import FakeUpstream, Scenario, token
 from tests.conftest import eventually
 
 messages = [{"role": "user", "content": "Hello, how are you?"}]
+ANSWER = "".join(token(i) for i in range(8))
 
 
 @pytest.fixture
@@ -44,9 +45,9 @@ async def test_the_sse_snippet_runs_as_written(openai_env: FakeUpstream, capsys:
         print(chunk)
 
     frames = _frames(capsys.readouterr().out)
-    assert [f["content"] for f in frames[:-1]] == [token(i) for i in range(8)]
+    assert "".join(f["content"] for f in frames[:-1]) == ANSWER  # tokens waiting together may share a chunk
     assert frames[-1]["is_final"] is True
-    assert frames[-1]["metadata"]["final_response"] == "".join(token(i) for i in range(8))
+    assert frames[-1]["metadata"]["final_response"] == ANSWER
     assert frames[-1]["metadata"]["model"] == "gpt-4"
     assert frames[-1]["metadata"]["cost_usd"] > 0, "gpt-4 is in litellm's price table"
     assert openai_env.counters.bodies[-1]["model"] == "gpt-4"
@@ -88,7 +89,8 @@ async def test_the_fastapi_websocket_snippet_runs_as_written(openai_env: FakeUps
         server.should_exit = True
         await task
 
-    assert received[:-1] == [{"type": "chunk", "content": token(i)} for i in range(8)]
+    assert {m["type"] for m in received[:-1]} == {"chunk"}
+    assert "".join(m["content"] for m in received[:-1]) == ANSWER
     assert received[-1]["type"] == "complete"
     assert received[-1]["content"] == "".join(token(i) for i in range(8))
     assert received[-1]["metadata"]["usage"]["completion_tokens"] == 8
@@ -117,7 +119,8 @@ async def test_stream_websocket_works_with_aiohttp(openai_env: FakeUpstream) -> 
     finally:
         await runner.cleanup()
 
-    assert [m["type"] for m in received] == ["chunk"] * 8 + ["complete"]
+    assert [m["type"] for m in received][-1] == "complete"
+    assert "".join(m["content"] for m in received[:-1]) == ANSWER
 
 
 async def test_without_streaming_the_answer_is_one_chunk_and_a_final_frame(openai_env: FakeUpstream) -> None:
@@ -194,7 +197,7 @@ async def test_metrics_of_the_last_stream_and_the_aggregate_match_the_final_fram
 
     reported = frames[-1]["metadata"]["metrics"]
     assert handler.last_metrics is not None
-    assert handler.last_metrics.chunks == reported["chunks"] == 8
+    assert handler.last_metrics.chunks == reported["chunks"] >= 1
     assert handler.last_metrics.ttft_ms == reported["ttft_ms"]
     snapshot = handler.metrics()
     assert snapshot.outcomes[("gpt-4", "completed")] == 1
@@ -266,6 +269,6 @@ async def test_fastapi_sse_with_event_source_response_and_streaming_response(ope
         await task
 
     for frames in (via_sse_starlette, via_streaming):
-        assert [f["content"] for f in frames[:-1]] == [token(i) for i in range(8)]
+        assert "".join(f["content"] for f in frames[:-1]) == ANSWER
         assert frames[-1]["is_final"] is True
         assert sum(f["is_final"] for f in frames) == 1

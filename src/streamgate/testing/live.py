@@ -43,6 +43,7 @@ async def run(max_concurrent_streams: int) -> None:
             api_base=upstream.api_base,
             api_key="live-test",
             max_concurrent_streams=max_concurrent_streams,
+            coalesce=False,  # client tests check chunk by chunk: one chunk a token
         ),
         CoreServerConfig(grpc_port=0, metrics_port=None, drain_grace=0.0),
     )
