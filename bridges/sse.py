@@ -10,11 +10,10 @@ cancelled with it, so the core closes the upstream request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from aiohttp import web
 
-from streamgate.core import Chunk, Failure, StreamError
+from streamgate.core import Completion, Failure, StreamError
 from streamgate.core.errors import invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
@@ -82,49 +81,28 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
         return error_response(invalid(f"the body is larger than the limit of {limit} bytes"), status=413)
 
     response = web.StreamResponse(headers=SSE_HEADERS)
-    open_stream = OpenStream(core)
-    state.add(open_stream)
-    metrics.open_streams.labels(TRANSPORT).inc()
-    frames = metrics.frames.labels(TRANSPORT)
-    keepalive: KeepAlive | None = None
-    outcome = "OK"
     try:
         await response.prepare(request)
-        keepalive = KeepAlive(response, state.config.keepalive_interval)
-        async with contextlib.aclosing(core.events()) as events:
-            try:
-                async for event in events:
-                    if isinstance(event, Chunk):
-                        await response.write(framing.sse_chunk(event.content))
-                        keepalive.touch()
-                        frames.inc()
-                        continue
-                    if isinstance(event, Failure):
-                        outcome = event.error.code.value
-                    await response.write(framing.sse_final(event))
-                    frames.inc()
-                    break
-            except asyncio.CancelledError:
-                reason = open_stream.ended_by_us()
-                if reason is None:
-                    raise
-                outcome = reason.code.value
-                await response.write(framing.sse_final(core.failure(reason)))
-                frames.inc()
-        await response.write_eof()
-    except asyncio.CancelledError:  # the client left: aiohttp cancelled this handler
-        outcome = "disconnected"
-        metrics.disconnects.labels(TRANSPORT).inc()
+    except (asyncio.CancelledError, ConnectionError):
         core.cancel()
         raise
-    except ConnectionError:  # the client left while we wrote
-        outcome = "disconnected"
-        metrics.disconnects.labels(TRANSPORT).inc()
-        core.cancel()
+    keepalive = KeepAlive(response, state.config.keepalive_interval)
+
+    async def chunk(content: str) -> None:
+        await response.write(framing.sse_chunk(content))
+        keepalive.touch()
+
+    async def final(event: Completion | Failure) -> None:
+        await response.write(framing.sse_final(event))
+
+    async def ended(reason: StreamError) -> None:
+        await response.write(framing.sse_final(core.failure(reason)))
+
+    try:
+        if await state.relay(OpenStream(core), TRANSPORT, chunk, final, ended) != "disconnected":
+            await response.write_eof()
+    except ConnectionError:
+        pass  # the client left after the final frame
     finally:
-        if keepalive is not None:
-            keepalive.stop()
-        state.remove(open_stream)
-        metrics.open_streams.labels(TRANSPORT).dec()
-        metrics.outcomes.labels(TRANSPORT, outcome).inc()
+        keepalive.stop()
     return response

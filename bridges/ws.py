@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from streamgate.core import Chunk, ErrorCode, Failure, StreamError
+from streamgate.core import Completion, ErrorCode, Failure, StreamError
 from streamgate.core.errors import invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
@@ -99,47 +99,26 @@ class Session:
             if error.code in WS_CLOSE:
                 await ws.close(code=WS_CLOSE[error.code], message=error.message[:120].encode())
             return
-        self.current = open_stream = OpenStream(core)
-        state.add(open_stream)
-        metrics.open_streams.labels(TRANSPORT).inc()
-        frames = metrics.frames.labels(TRANSPORT)
-        outcome = "OK"
+        self.current = OpenStream(core)
+
+        async def chunk(content: str) -> None:
+            await ws.send_str(framing.ws_chunk(content))
+
+        async def final(event: Completion | Failure) -> None:
+            await ws.send_str(framing.ws_final(event))
+
+        async def ended(reason: StreamError) -> None:
+            if reason is CANCELLED:
+                text = "".join(core.text)
+                metadata = framing.cancelled_metadata(text, request.model, core.metrics(), core.request_id)
+                await ws.send_str(framing.ws_complete(text, metadata))
+            else:
+                await ws.send_str(framing.ws_final(core.failure(reason)))
+
         try:
-            async with contextlib.aclosing(core.events()) as events:
-                try:
-                    async for event in events:
-                        if isinstance(event, Chunk):
-                            await ws.send_str(framing.ws_chunk(event.content))
-                            frames.inc()
-                            continue
-                        if isinstance(event, Failure):
-                            outcome = event.error.code.value
-                        await ws.send_str(framing.ws_final(event))
-                        frames.inc()
-                        break
-                except asyncio.CancelledError:
-                    reason = open_stream.ended_by_us()
-                    if reason is None:
-                        raise
-                    outcome = reason.code.value
-                    if reason is CANCELLED:
-                        metadata = framing.cancelled_metadata(
-                            "".join(core.text), request.model, core.metrics(), core.request_id
-                        )
-                        await ws.send_str(framing.ws_complete("".join(core.text), metadata))
-                    else:
-                        await ws.send_str(framing.ws_final(core.failure(reason)))
-                    frames.inc()
-        except (asyncio.CancelledError, ConnectionError):
-            outcome = "disconnected"
-            metrics.disconnects.labels(TRANSPORT).inc()
-            core.cancel()
-            raise
+            await state.relay(self.current, TRANSPORT, chunk, final, ended)
         finally:
             self.current = None
-            state.remove(open_stream)
-            metrics.open_streams.labels(TRANSPORT).dec()
-            metrics.outcomes.labels(TRANSPORT, outcome).inc()
 
 
 class _Flooded(Exception):

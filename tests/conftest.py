@@ -172,3 +172,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def wait_for_line(stream: Any, pattern: str, within: float = 60.0) -> str:
+    """Read a process's log until a line matches `pattern`; return the pattern's first group."""
+    import asyncio
+    import re
+
+    async with asyncio.timeout(within):
+        while line := (await stream.readline()).decode():
+            if found := re.search(pattern, line):
+                return found.group(1)
+    raise AssertionError(f"the process ended before logging {pattern!r}")

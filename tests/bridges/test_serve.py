@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import sys
 import aiohttp
 
 from streamgate.testing.sse import read_events
+from tests.conftest import wait_for_line
 
 
 async def test_serve_streams_the_default_model_over_http_and_drains_on_sigterm() -> None:
@@ -28,13 +28,7 @@ async def test_serve_streams_the_default_model_over_http_and_drains_on_sigterm()
     )
     assert process.stderr is not None
     try:
-        url = ""
-        async with asyncio.timeout(60):
-            while not url:
-                line = (await process.stderr.readline()).decode()
-                assert line, "serve exited before the bridge listened"
-                if found := re.search(r"bridge listening on (\S+)", line):
-                    url = found.group(1)
+        url = await wait_for_line(process.stderr, r"bridge listening on (\S+)")
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{url}/query/stream", params={"query": "Hello", "max_tokens": "3"}) as response:
                 quick = [frame async for frame in read_events(response)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from streamgate import cli
 from streamgate.core import LiteLLMConfig
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
-from tests.conftest import collect
+from tests.conftest import collect, wait_for_line
 
 STREAMGATE = [sys.executable, "-m", "streamgate.cli"]
 
@@ -79,13 +78,7 @@ async def core_process() -> AsyncIterator[tuple[asyncio.subprocess.Process, str]
     )
     process = await asyncio.create_subprocess_exec(*STREAMGATE, "core", env=env, stderr=subprocess.PIPE)
     assert process.stderr is not None
-    address = ""
-    async with asyncio.timeout(60):
-        while not address:
-            line = (await process.stderr.readline()).decode()
-            assert line, "the core exited before listening"
-            if found := re.search(r"core listening on (\S+)", line):
-                address = found.group(1)
+    address = await wait_for_line(process.stderr, r"core listening on (\S+)")
     yield process, address
     if process.returncode is None:
         process.kill()

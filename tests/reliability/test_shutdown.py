@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import time
 import aiohttp
 
 from streamgate.testing.sse import SSEParser
+from tests.conftest import wait_for_line
 
 STREAMS = 100
 GRACE = 1.0
@@ -43,13 +43,7 @@ async def test_sigterm_while_100_streams_run() -> None:
     )
     assert process.stderr is not None
     try:
-        url = ""
-        async with asyncio.timeout(60):
-            while not url:
-                line = (await process.stderr.readline()).decode()
-                assert line, "serve exited early"
-                if found := re.search(r"bridge listening on (\S+)", line):
-                    url = found.group(1)
+        url = await wait_for_line(process.stderr, r"bridge listening on (\S+)")
         drain_log = asyncio.create_task(process.stderr.read())
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
