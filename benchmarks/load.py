@@ -1,0 +1,418 @@
+"""The load client: streams opened from worker processes, one client for every system.
+
+A `Target` says how to reach a system: SSE (`POST` a JSON body, read `data:` events in the
+`streamgate` dialect — the bridge's frames, ended by one `is_final: true` — or the `openai` dialect —
+`choices[0].delta.content`, ended by `[DONE]`) or gRPC (`StreamGateService/Generate`). A `Job` says
+how many streams, how they start (spread over `ramp_s`), how long they may take and when the client
+leaves (after `stop_after` tokens, or when released, for streams held open). Every stream records
+its time to first chunk and the gaps between chunks as the client sees them, and counts the chunks
+and the tokens in them (a gateway may send several tokens in one chunk).
+
+`ClientPool` keeps worker processes (spawned once, each with its own event loop) and splits a job
+between them; each worker reports its own CPU time so the reader sees whether the client was the
+bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import resource
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event as MpEvent
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import grpc
+
+from benchmarks.procs import new_event_loop, raise_fd_limit
+from streamgate.v1 import streamgate_pb2 as pb
+from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
+
+Dialect = Literal["streamgate", "openai"]
+#: What one SSE event is to the client.
+CHUNK, SKIP, DONE = "chunk", "skip", "done"
+#: How a stream ended, besides an error message.
+LEFT, HELD = "left", "held"
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to reach one system."""
+
+    kind: Literal["sse", "grpc"]
+    #: SSE: the endpoint's URL; gRPC: HOST:PORT.
+    address: str
+    body: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    dialect: Dialect = "streamgate"
+
+
+@dataclass(frozen=True)
+class Job:
+    target: Target
+    streams: int
+    #: Wall-clock time (time.time()) at which stream 0 starts; stream i starts ramp_s * i / streams later.
+    start_at: float = 0.0
+    ramp_s: float = 0.0
+    max_tokens: int | None = None
+    #: Tokens a finished stream must have had; another count is an error.
+    expect_tokens: int | None = None
+    #: The client leaves after this many tokens.
+    stop_after: int | None = None
+    #: Keep each stream open until the pool is released.
+    hold: bool = False
+    timeout_s: float = 60.0
+    #: This worker's share: streams first, first + stride, ...
+    first: int = 0
+    stride: int = 1
+
+
+@dataclass
+class Result:
+    streams: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    chunks: int = 0
+    tokens: int = 0
+    ttfts: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    #: Sum over streams of request-to-last-chunk seconds.
+    busy_s: float = 0.0
+    first_start: float = math.inf
+    last_end: float = 0.0
+    #: The client's own CPU seconds (all workers).
+    cpu_s: float = 0.0
+
+    @property
+    def wall_s(self) -> float:
+        return max(self.last_end - self.first_start, 1e-9)
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 3:
+            self.error_samples.append(message[:300])
+
+    def merge(self, other: Result) -> Result:
+        return Result(
+            streams=self.streams + other.streams,
+            errors=self.errors + other.errors,
+            error_samples=(self.error_samples + other.error_samples)[:3],
+            chunks=self.chunks + other.chunks,
+            tokens=self.tokens + other.tokens,
+            ttfts=self.ttfts + other.ttfts,
+            gaps=self.gaps + other.gaps,
+            busy_s=self.busy_s + other.busy_s,
+            first_start=min(self.first_start, other.first_start),
+            last_end=max(self.last_end, other.last_end),
+            cpu_s=self.cpu_s + other.cpu_s,
+        )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest rank; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+class Recorder:
+    """One stream's timings, written into the worker's `Result`."""
+
+    __slots__ = ("chunks", "last", "result", "stop_after", "t0", "tokens")
+
+    def __init__(self, result: Result, stop_after: int | None) -> None:
+        self.result = result
+        self.stop_after = stop_after
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.chunks = 0
+        self.tokens = 0
+
+    def chunk(self, now: float, content: str) -> bool:
+        """Record a chunk; True when the client leaves now."""
+        if self.chunks:
+            self.result.gaps.append(now - self.last)
+        else:
+            self.result.ttfts.append(now - self.t0)
+        self.last = now
+        self.chunks += 1
+        self.tokens += tokens_in(content, first=not self.tokens)
+        return self.stop_after is not None and self.tokens >= self.stop_after
+
+
+def tokens_in(content: str, first: bool) -> int:
+    """Tokens of the fake upstream in `content`: one word each, every one but a stream's first after a space."""
+    return content.count(" ") + (1 if first and content and not content.startswith(" ") else 0)
+
+
+def read_streamgate(data: bytes) -> tuple[str, str]:
+    """One event of the bridge's frames: (CHUNK, content) or (DONE, "")."""
+    event = json.loads(data)
+    if not event.get("is_final"):
+        return CHUNK, event.get("content") or ""
+    if event.get("error"):
+        raise StreamFailed(f"final frame: {event['error']}")
+    return DONE, ""
+
+
+def read_openai(data: bytes) -> tuple[str, str]:
+    """One event of an OpenAI-compatible stream: (CHUNK, content), (SKIP, "") or (DONE, "")."""
+    if data == b"[DONE]":
+        return DONE, ""
+    event = json.loads(data)
+    if "error" in event:
+        raise StreamFailed(f"error event: {event['error']}")
+    choices = event.get("choices") or [{}]
+    content = (choices[0].get("delta") or {}).get("content")
+    return (CHUNK, content) if content else (SKIP, "")
+
+
+DIALECTS: dict[str, Callable[[bytes], tuple[str, str]]] = {"streamgate": read_streamgate, "openai": read_openai}
+
+
+class StreamFailed(Exception):
+    pass
+
+
+class Transport(Protocol):
+    async def stream(self, job: Job, rec: Recorder, opened: Callable[[], None]) -> str: ...
+
+
+class SseTransport:
+    def __init__(self, session: aiohttp.ClientSession, target: Target) -> None:
+        self.session = session
+        self.target = target
+        self.read = DIALECTS[target.dialect]
+
+    async def stream(self, job: Job, rec: Recorder, opened: Callable[[], None]) -> str:
+        body = dict(self.target.body)
+        if job.max_tokens:
+            body["max_tokens"] = job.max_tokens
+        async with self.session.post(self.target.address, json=body, headers=dict(self.target.headers)) as response:
+            if response.status != 200:
+                raise StreamFailed(f"HTTP {response.status}: {(await response.text())[:200]}")
+            opened()
+            buffer = b""
+            async for data in response.content.iter_any():
+                now = time.perf_counter()
+                *blocks, buffer = (buffer + data).replace(b"\r\n", b"\n").split(b"\n\n")
+                for block in blocks:
+                    for line in block.split(b"\n"):
+                        if not line.startswith(b"data:"):
+                            continue
+                        event, content = self.read(line[5:].strip())
+                        if event == DONE:
+                            return DONE
+                        if event == CHUNK and rec.chunk(now, content):
+                            response.close()  # leave: drop the connection, as a closed browser tab does
+                            return LEFT
+        raise StreamFailed("the stream ended without its final event")
+
+
+class GrpcTransport:
+    def __init__(self, stub: pb_grpc.StreamGateServiceAsyncStub) -> None:
+        self.stub = stub
+
+    async def stream(self, job: Job, rec: Recorder, opened: Callable[[], None]) -> str:
+        parameters = pb.GenerationParameters(max_tokens=job.max_tokens) if job.max_tokens else None
+        call = self.stub.Generate(pb.GenerateRequest(query="go", parameters=parameters), timeout=job.timeout_s)
+        try:
+            await call.initial_metadata()
+            opened()
+            async for response in call:
+                kind = response.WhichOneof("event")
+                if kind == "chunk":
+                    if rec.chunk(time.perf_counter(), response.chunk.content):
+                        return LEFT
+                elif kind == "completion":
+                    return DONE
+                else:
+                    raise StreamFailed(f"final error: {response.error.message}")
+            raise StreamFailed("the stream ended without its final message")
+        except grpc.aio.AioRpcError as error:
+            raise StreamFailed(f"gRPC {error.code().name}: {error.details()}") from None
+        finally:
+            call.cancel()
+
+
+@asynccontextmanager
+async def open_transport(target: Target) -> AsyncIterator[Transport]:
+    if target.kind == "grpc":
+        async with grpc.aio.insecure_channel(target.address) as channel:
+            yield GrpcTransport(pb_grpc.StreamGateServiceStub(channel))
+    else:
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            yield SseTransport(session, target)
+
+
+class WorkerState:
+    """A worker's link to the pool: how many of its streams are open, and the release signal."""
+
+    def __init__(self, opened: Synchronized[int], release: MpEvent) -> None:
+        self.opened = opened
+        self.release = release
+
+    def add(self, n: int) -> None:
+        with self.opened.get_lock():
+            self.opened.value += n
+
+
+async def _released(state: WorkerState, limit_s: float) -> None:
+    """Returns once the pool releases held streams (polled: it is another process's event; at most `limit_s`)."""
+    deadline = time.monotonic() + limit_s
+    while not state.release.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+async def _one(transport: Transport, job: Job, index: int, result: Result, state: WorkerState, release: Any) -> None:
+    await asyncio.sleep(max(0.0, job.start_at + job.ramp_s * index / job.streams - time.time()))
+    result.streams += 1
+    result.first_start = min(result.first_start, time.time())
+    rec = Recorder(result, job.stop_after)
+    counted = False
+
+    def opened() -> None:
+        nonlocal counted
+        counted = True
+        state.add(1)
+
+    task = asyncio.ensure_future(transport.stream(job, rec, opened))
+    waiting = {task, release} if job.hold else {task}
+    try:
+        await asyncio.wait(waiting, timeout=job.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            outcome = task.result()
+            if outcome == DONE and job.expect_tokens is not None and rec.tokens != job.expect_tokens:
+                result.error(f"{rec.tokens} tokens, expected {job.expect_tokens}")
+        elif job.hold and release.done():
+            outcome = HELD
+        else:
+            result.error(f"no end within {job.timeout_s:.0f} s ({rec.tokens} tokens)")
+    except Exception as exc:  # any failure of one stream is counted, and the others go on
+        result.error(f"{type(exc).__name__}: {exc}")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if counted:
+            state.add(-1)
+        result.chunks += rec.chunks
+        result.tokens += rec.tokens
+        result.busy_s += (rec.last or time.perf_counter()) - rec.t0
+        result.last_end = max(result.last_end, time.time())
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_job(job: Job, state: WorkerState) -> Result:
+    result = Result()
+    cpu = _own_cpu()
+    release = asyncio.ensure_future(_released(state, job.timeout_s)) if job.hold else asyncio.Future[None]()
+    async with open_transport(job.target) as transport:
+        await asyncio.gather(
+            *(_one(transport, job, i, result, state, release) for i in range(job.first, job.streams, job.stride))
+        )
+    release.cancel()
+    result.cpu_s = _own_cpu() - cpu
+    return result
+
+
+def worker_main(conn: Connection, opened: Synchronized[int], release: MpEvent) -> None:
+    """A client worker: run each job received on `conn` on one event loop, send back its `Result`.
+
+    Ctrl-C is the parent's to handle: it stops the workers (None on `conn`, then SIGKILL if busy).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_fd_limit()
+    loop = new_event_loop()
+    state = WorkerState(opened, release)
+    try:
+        while (job := conn.recv()) is not None:
+            conn.send(loop.run_until_complete(run_job(job, state)))
+    except EOFError:
+        pass
+    finally:
+        loop.close()
+
+
+@dataclass
+class _Worker:
+    process: mp.process.BaseProcess
+    conn: Connection
+    opened: Synchronized[int]
+
+
+class ClientPool:
+    """`size` client worker processes, started once; `run(job)` splits a job between them."""
+
+    def __init__(self, size: int) -> None:
+        ctx = mp.get_context("spawn")
+        self._release = ctx.Event()
+        self._workers: list[_Worker] = []
+        for _ in range(size):
+            parent, child = ctx.Pipe()
+            opened = ctx.Value("i", 0)
+            process = ctx.Process(target=worker_main, args=(child, opened, self._release), daemon=True)
+            process.start()
+            child.close()
+            self._workers.append(_Worker(process, parent, opened))
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    def open_streams(self) -> int:
+        return sum(worker.opened.value for worker in self._workers)
+
+    def release(self) -> None:
+        """Let the held streams of the running job go."""
+        self._release.set()
+
+    async def run(self, job: Job, per_worker: int = 200, lead_s: float = 0.5) -> Result:
+        """Run `job` on ceil(streams / per_worker) workers (at most all), starting `lead_s` from now."""
+        count = max(1, min(self.size, math.ceil(job.streams / per_worker)))
+        self._release.clear()
+        start_at = time.time() + lead_s
+        limit = lead_s + job.ramp_s + job.timeout_s + 30
+        workers = self._workers[:count]
+        for k, worker in enumerate(workers):
+            worker.conn.send(replace(job, start_at=start_at, first=k, stride=count))
+        results = await asyncio.gather(*(asyncio.to_thread(self._receive, w, limit) for w in workers))
+        merged = Result()
+        for part in results:
+            merged = merged.merge(part)
+        return merged
+
+    @staticmethod
+    def _receive(worker: _Worker, limit: float) -> Result:
+        if not worker.conn.poll(limit):
+            raise TimeoutError(f"a client worker did not answer within {limit:.0f} s")
+        result: Result = worker.conn.recv()
+        return result
+
+    def close(self) -> None:
+        for worker in self._workers:
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
+        for worker in self._workers:
+            worker.process.join(timeout=3)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=3)

@@ -1,0 +1,273 @@
+"""The benchmark suite: streamgate beside the raw transports and the LiteLLM proxy, in one table.
+
+    .venv/bin/python -m benchmarks.run            # full run, under 10 minutes
+    .venv/bin/python -m benchmarks.run --quick    # about 2 minutes
+    .venv/bin/python benchmarks/run.py --quick --systems streamgate,raw-sse
+
+Starts its own processes on 127.0.0.1 (the fake upstream, restarted with each pace, every system,
+client workers), measures each shape against each system, prints one table and the targets of issue 7,
+and saves them with a description of the machine to benchmarks/results/latest.md (and a timestamped
+copy). Progress goes to stderr. See benchmarks/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import asyncio
+import math
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+
+from benchmarks import report, shapes
+from benchmarks.load import ClientPool
+from benchmarks.procs import free_port, kill_all, raise_fd_limit
+from benchmarks.proxy_install import ensure_litellm_proxy
+from benchmarks.report import Run, SystemResults
+from benchmarks.shapes import Settings, log
+from benchmarks.systems import ALL, LITELLM_PROXY, Deployment, Pace, System, Upstream, start_upstream
+
+T = TypeVar("T")
+
+
+def one_line(exc: BaseException) -> str:
+    """An error for a notes line: its type, its first and last lines (a process's output can be long)."""
+    lines = str(exc).strip().splitlines() or [""]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+    return f"{type(exc).__name__}: {text}"
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    systems: list[System]
+    pool: ClientPool
+    session: aiohttp.ClientSession
+    workdir: Path
+    run: Run
+    started: float
+
+    def results(self, key: str) -> SystemResults:
+        return self.run.results[key]
+
+    def say(self, message: str) -> None:
+        log(f"[{time.monotonic() - self.started:6.1f} s] {message}")
+
+    async def guarded(self, key: str, what: str, measurement: Awaitable[T]) -> T | None:
+        """Run one measurement; a failure is recorded against the system and the run goes on."""
+        try:
+            return await measurement
+        except Exception as exc:
+            self.results(key).problems.append(f"{what} failed: {one_line(exc)}")
+            self.say(f"{key}: {what} failed: {type(exc).__name__}: {exc}")
+            return None
+
+
+class Environment:
+    """The upstream on one port and every system in front of it.
+
+    The gateways keep the upstream's URL: for each pace the upstream is restarted on the same port,
+    and the raw servers (which pace their own tokens) are started anew; `fresh` starts every system
+    anew. A system that fails to start is recorded and left out.
+    """
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.port = free_port()
+        self.upstream: Upstream | None = None
+        self.deployments: dict[str, Deployment] = {}
+        self.failed: set[str] = set()
+
+    async def use(self, pace: Pace, fresh: bool = False) -> tuple[Upstream, dict[str, Deployment]]:
+        bench = self.bench
+        bench.say(f"upstream and {'fresh ' if fresh else ''}systems for {pace}")
+        if self.upstream is not None:
+            await self.upstream.server.stop()
+        self.upstream = await start_upstream(pace, bench.session, self.port)
+        stale = [key for key, deployment in self.deployments.items() if fresh or not deployment.uses_upstream]
+        await asyncio.gather(*(self.deployments.pop(key).stop() for key in stale))
+        wanted = [s for s in bench.systems if s.key not in self.deployments and s.key not in self.failed]
+        outcomes = await asyncio.gather(
+            *(system.deploy(pace, self.upstream, bench.workdir) for system in wanted), return_exceptions=True
+        )
+        for system, outcome in zip(wanted, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self.failed.add(system.key)
+                bench.results(system.key).problems.append(f"did not start: {one_line(outcome)}")
+                bench.say(f"{system.key} did not start: {outcome}")
+            else:
+                self.deployments[system.key] = outcome
+        return self.upstream, {s.key: self.deployments[s.key] for s in bench.systems if s.key in self.deployments}
+
+    async def close(self) -> None:
+        servers = [d.stop() for d in self.deployments.values()]
+        if self.upstream is not None:
+            servers.append(self.upstream.server.stop())
+        await asyncio.gather(*servers, return_exceptions=True)
+
+
+async def idle(bench: Bench, env: Environment) -> None:
+    """Memory per open stream, on fresh processes (a heap grown by earlier shapes would hide it); last,
+    since a system may keep upstream requests open after its clients left."""
+    s = bench.settings
+    upstream, deployments = await env.use(Pace(tokens=10, first_token_delay=s.idle_first_token_delay), fresh=True)
+    for key, deployment in deployments.items():
+        memory = await bench.guarded(key, "idle streams", shapes.idle_memory(deployment, upstream, bench.pool, s))
+        bench.results(key).memory = memory
+        if memory is not None:
+            bench.say(f"{key} idle ×{memory.streams}: {memory.per_stream_total / 1024:.1f} KiB per stream")
+
+
+async def unpaced(bench: Bench, env: Environment) -> None:
+    s = bench.settings
+    upstream, deployments = await env.use(Pace(tokens=max(s.single_tokens, s.concurrent_tokens)))
+    for key, deployment in deployments.items():
+        results = bench.results(key)
+        results.single = await bench.guarded(
+            key, "1 unpaced stream", shapes.single_stream(deployment, upstream, bench.pool, s)
+        )
+        results.concurrent = await bench.guarded(
+            key, "concurrent unpaced streams", shapes.concurrent_streams(deployment, upstream, bench.pool, s)
+        )
+        for name, t in (("1 stream", results.single), ("concurrent", results.concurrent)):
+            if t is not None:
+                bench.say(
+                    f"{key} {name}: {t.tokens_per_s:,.0f} tokens/s, server {t.server_total_us:.0f} µs/token, "
+                    f"client {t.client_us:.0f} µs/token, {t.errors} errors"
+                )
+
+
+async def _step(bench: Bench, key: str, deployment: Deployment, upstream: Upstream, streams: int) -> bool:
+    """One paced step of one system, recorded; True when it was held."""
+    s = bench.settings
+    step = await bench.guarded(
+        key, f"paced ×{streams}", shapes.paced_step(deployment, upstream, bench.pool, streams, s)
+    )
+    if step is None:
+        return False
+    bench.results(key).paced.append(step)
+    p50, p99 = step.gap_ms
+    bench.say(
+        f"{key} paced ×{streams}: gap p50 {p50:.1f} / p99 {p99:.1f} ms, TTFT p99 {step.ttft_ms[1]:.1f} ms, "
+        f"{step.result.errors} errors"
+    )
+    return step.held(s.gap_limit_s)
+
+
+async def _baseline(bench: Bench, upstream: Upstream, streams: int) -> None:
+    """The upstream read directly at this concurrency: its own time to first token, which the gateways add to."""
+    try:
+        baseline = await shapes.paced_step(None, upstream, bench.pool, streams, bench.settings)
+    except Exception as exc:
+        bench.run.problems.append(f"the upstream alone at ×{streams} failed: {one_line(exc)}")
+        return
+    bench.run.baseline[streams] = baseline
+    p50, p99 = baseline.ttft_ms
+    bench.say(f"upstream alone ×{streams}: TTFT p50 / p99 {p50:.1f} / {p99:.1f} ms, {baseline.result.errors} errors")
+
+
+async def paced(bench: Bench, env: Environment) -> None:
+    """Clients that leave mid-stream, then paced streams at rising concurrency until a system fails a step."""
+    s = bench.settings
+    upstream, deployments = await env.use(Pace(tokens=s.paced_tokens, delay=s.pace_s))
+    for key, deployment in deployments.items():
+        if deployment.uses_upstream:
+            leave = await bench.guarded(key, "clients leave", shapes.clients_leave(deployment, upstream, bench.pool, s))
+            bench.results(key).leave = leave
+            if leave is not None:
+                bench.say(
+                    f"{key} clients leave: {leave.started_after} started after, idle after {leave.idle_after_s} s"
+                )
+    alive = dict(deployments)
+    for streams in s.paced_steps:
+        if not alive:
+            break
+        await _baseline(bench, upstream, streams)
+        for key, deployment in list(alive.items()):
+            if await _step(bench, key, deployment, upstream, streams):
+                continue
+            del alive[key]
+            if streams == s.paced_steps[0]:  # failed the first step: find a lower level it holds
+                for lower in (streams // 2, streams // 5):
+                    if await _step(bench, key, deployment, upstream, lower):
+                        break
+
+
+def _systems(args: argparse.Namespace, run: Run) -> list[System]:
+    chosen = [system for system in ALL if system.key in args.systems.split(",")]
+    if LITELLM_PROXY in chosen:
+        availability = ensure_litellm_proxy()
+        if not availability.ok:
+            run.unavailable[LITELLM_PROXY.key] = availability.reason
+            chosen.remove(LITELLM_PROXY)
+    for system in ALL:
+        if system not in chosen and system.key not in run.unavailable:
+            run.unavailable[system.key] = "not selected (--systems)"
+    return chosen
+
+
+async def bench_all(settings: Settings, systems: list[System], run: Run) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    for system in systems:
+        run.results[system.key] = SystemResults(uses_upstream=system.uses_upstream)
+    pool = ClientPool(max(2, math.ceil(max(*settings.paced_steps, settings.idle_streams) / 200)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="streamgate-bench-") as workdir:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                bench = Bench(settings, systems, pool, session, Path(workdir), run, time.monotonic())
+                env = Environment(bench)
+                try:
+                    for phase in (unpaced, paced, idle):
+                        await phase(bench, env)
+                finally:
+                    await env.close()
+    finally:
+        pool.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and streams: about 2 minutes")
+    parser.add_argument(
+        "--systems",
+        default=",".join(system.key for system in ALL),
+        help="comma-separated systems to run (default: all): " + ", ".join(system.key for system in ALL),
+    )
+    parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
+    args = parser.parse_args()
+    raise_fd_limit()
+    started = time.monotonic()
+    mode = "quick" if args.quick else "full"
+    run = Run(shapes.QUICK if args.quick else shapes.FULL, mode, {})
+    try:
+        systems = _systems(args, run)
+        asyncio.run(bench_all(run.settings, systems, run))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted: every process stopped")
+        return 130
+    finally:
+        kill_all()
+    run.wall_s = time.monotonic() - started
+    text = report.render(run)
+    print(text)
+    if not args.no_save:
+        latest, stamped = report.save(text, mode)
+        log(f"saved {latest} and {stamped}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The systems compared, each started as its own processes against one fake upstream.
+
+- `streamgate`: `streamgate core` (gRPC, litellm) and `streamgate bridge` (SSE), two processes;
+- `raw-grpc`, `raw-sse`: servers that make the tokens themselves (benchmarks/raw_servers.py), the
+  floor of each transport;
+- `litellm-proxy`: LiteLLM's own proxy (`litellm --config`), the gateway users would pick instead,
+  read through its OpenAI-compatible `POST /v1/chat/completions` with `stream: true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from benchmarks import procs
+from benchmarks.load import Target
+from benchmarks.procs import Server
+
+BIN = Path(sys.executable).parent
+PYTHON = sys.executable
+PROMPT = [{"role": "user", "content": "go"}]
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What the upstream (or a raw server) sends for each request."""
+
+    tokens: int
+    delay: float = 0.0
+    first_token_delay: float = 0.0
+
+    def argv(self) -> list[str]:
+        delays = ["--delay", str(self.delay), "--first-token-delay", str(self.first_token_delay)]
+        return ["--tokens", str(self.tokens), *delays]
+
+
+@dataclass
+class Upstream:
+    """The fake OpenAI-compatible upstream (streamgate.testing.upstream) and its counters."""
+
+    server: Server
+    session: aiohttp.ClientSession
+
+    @property
+    def api_base(self) -> str:
+        return self.server.address
+
+    @property
+    def target(self) -> Target:
+        """A client that reads the upstream directly: its own time to first token."""
+        return openai_target(f"{self.api_base}/chat/completions", "fake", {})
+
+    async def counters(self) -> dict[str, int]:
+        url = self.api_base.removesuffix("/v1") + "/counters"
+        async with self.session.get(url) as response:
+            counters: dict[str, int] = await response.json()
+            return counters
+
+
+async def start_upstream(pace: Pace, session: aiohttp.ClientSession, port: int) -> Upstream:
+    """The upstream on `port`: restarted there with each new pace, the gateways in front keep its URL."""
+    argv = [PYTHON, "-m", "streamgate.testing.upstream", "--port", str(port), *pace.argv()]
+    return Upstream(await procs.start("upstream", argv, r"upstream listening on (\S+)"), session)
+
+
+@dataclass
+class Deployment:
+    """One system running: how clients reach it, and its server processes (whose CPU and memory count)."""
+
+    system: str
+    target: Target
+    servers: dict[str, Server]
+    uses_upstream: bool
+
+    def cpu(self) -> dict[str, float]:
+        return {name: server.cpu() for name, server in self.servers.items()}
+
+    def rss(self) -> dict[str, int]:
+        return {name: server.rss() for name, server in self.servers.items()}
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(server.stop() for server in self.servers.values()))
+
+
+def openai_target(url: str, model: str, headers: dict[str, str]) -> Target:
+    body: dict[str, Any] = {"model": model, "messages": PROMPT, "stream": True}
+    return Target("sse", url, body, headers, dialect="openai")
+
+
+def _command(name: str, module: str) -> list[str]:
+    script = BIN / name
+    return [str(script)] if script.exists() else [PYTHON, "-m", module]
+
+
+async def _started(servers: dict[str, Server], start: Awaitable[Server]) -> Server:
+    """Start one more server of a deployment; stop the ones already started if it fails."""
+    try:
+        return await start
+    except BaseException:
+        for server in servers.values():
+            await server.stop()
+        raise
+
+
+async def deploy_streamgate(pace: Pace, upstream: Upstream, workdir: Path) -> Deployment:
+    cli = [*_command("streamgate", "streamgate.cli"), "--log-level", "INFO"]
+    core_argv = [
+        *cli,
+        "core",
+        *("--model", "openai/fake", "--api-base", upstream.api_base, "--upstream-api-key", "x"),
+        *("--metrics-port", "off", "--max-concurrent-streams", "10000", "--grpc-port", "0"),
+    ]
+    servers: dict[str, Server] = {}
+    servers["core"] = await _started(servers, procs.start("core", core_argv, r"core listening on (\S+)"))
+    bridge_argv = [*cli, "bridge", "--core", servers["core"].address, "--http-port", "0"]
+    servers["bridge"] = await _started(servers, procs.start("bridge", bridge_argv, r"bridge listening on (\S+)"))
+    body = {"query": "go", "model": "openai/fake"}
+    target = Target("sse", f"{servers['bridge'].address}/query/stream", body, dialect="streamgate")
+    return Deployment("streamgate", target, servers, uses_upstream=True)
+
+
+async def deploy_raw_grpc(pace: Pace, upstream: Upstream, workdir: Path) -> Deployment:
+    argv = [PYTHON, "-m", "benchmarks.raw_servers", "grpc", *pace.argv()]
+    server = await procs.start("raw-grpc", argv, r"raw grpc listening on (\S+)")
+    return Deployment("raw-grpc", Target("grpc", server.address), {"server": server}, uses_upstream=False)
+
+
+async def deploy_raw_sse(pace: Pace, upstream: Upstream, workdir: Path) -> Deployment:
+    argv = [PYTHON, "-m", "benchmarks.raw_servers", "sse", *pace.argv()]
+    server = await procs.start("raw-sse", argv, r"raw sse listening on (\S+)")
+    target = Target("sse", f"{server.address}/query/stream", {"query": "go"}, dialect="streamgate")
+    return Deployment("raw-sse", target, {"server": server}, uses_upstream=False)
+
+
+def proxy_config(api_base: str, master_key: str) -> dict[str, Any]:
+    """One model, `fake`, on the upstream; a master key (the proxy refuses to start without one); no database."""
+    return {
+        "model_list": [
+            {"model_name": "fake", "litellm_params": {"model": "openai/fake", "api_base": api_base, "api_key": "x"}}
+        ],
+        "litellm_settings": {"telemetry": False, "set_verbose": False},
+        "general_settings": {"master_key": master_key, "disable_spend_logs": True, "disable_error_logs": True},
+    }
+
+
+async def deploy_litellm_proxy(pace: Pace, upstream: Upstream, workdir: Path) -> Deployment:
+    master_key = "sk-" + secrets.token_hex(24)
+    config = workdir / "litellm-proxy.yaml"
+    config.write_text(json.dumps(proxy_config(upstream.api_base, master_key), indent=2))  # JSON is YAML
+    port = procs.free_port()
+    argv = [*_command("litellm", "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--num_workers", "1"]
+    env: dict[str, str | None] = {"DATABASE_URL": None, "STORE_MODEL_IN_DB": "False", "DISABLE_ADMIN_UI": "True"}
+    server = await procs.start("litellm-proxy", argv, r"Uvicorn running on (\S+)", env=env, timeout=240)
+    target = openai_target(
+        f"http://127.0.0.1:{port}/v1/chat/completions", "fake", {"Authorization": f"Bearer {master_key}"}
+    )
+    return Deployment("litellm-proxy", target, {"proxy": server}, uses_upstream=True)
+
+
+Deploy = Callable[[Pace, Upstream, Path], Awaitable[Deployment]]
+
+
+@dataclass(frozen=True)
+class System:
+    key: str
+    title: str
+    deploy: Deploy
+    #: Gateways read the upstream and stay up while it is restarted with each pace; raw servers make
+    #: the tokens themselves and are restarted with each pace instead.
+    uses_upstream: bool
+
+
+STREAMGATE = System("streamgate", "streamgate", deploy_streamgate, True)
+RAW_GRPC = System("raw-grpc", "raw gRPC", deploy_raw_grpc, False)
+RAW_SSE = System("raw-sse", "raw SSE", deploy_raw_sse, False)
+LITELLM_PROXY = System("litellm-proxy", "LiteLLM proxy", deploy_litellm_proxy, True)
+ALL = (STREAMGATE, RAW_GRPC, RAW_SSE, LITELLM_PROXY)
