@@ -34,6 +34,7 @@ class LiteLLMProvider:
         #: OpenAI-compatible models: name at the upstream, key and base URL litellm found for them.
         self._lean: dict[str, tuple[str, str | None, str | None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._unpriced: set[str] = set()
         # Fail at start-up, not on the first request, when a configured model is unknown.
         self.resolve_model(None)
         for model in self.config.fallback_models:
@@ -162,12 +163,18 @@ class LiteLLMProvider:
             return embedded.count_tokens(text)
 
     def cost(self, model: str, usage: Usage) -> float | None:
+        if model in self._unpriced:
+            return None
         try:
             prompt, completion = litellm.cost_per_token(
                 model=model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
             )
         except Exception:
-            return None  # litellm's price table does not know the model: unknown, not free
+            # litellm's price table does not know the model: unknown, not free. Asking again
+            # costs about 0.2 ms a stream, so remember it.
+            if len(self._unpriced) < 10_000:
+                self._unpriced.add(model)
+            return None
         return float(prompt) + float(completion)
 
 
