@@ -33,7 +33,7 @@ FUZZ = settings(
 def _check_sse(body: bytes) -> None:
     parser = SSEParser()
     frames = [json.loads(event) for event in parser.feed(body)]
-    assert parser._buffer == b""
+    assert parser.pending == b""
     assert sum(f["is_final"] for f in frames) == 1
     assert frames[-1]["is_final"] is True
 

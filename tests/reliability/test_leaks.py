@@ -87,8 +87,8 @@ async def test_no_stream_task_fd_or_memory_is_left_behind(
 
     await eventually(lambda: not bridge.state.streams, within=3.0)
     await eventually(lambda: upstream.counters.active == 0, within=3.0)
-    snapshot = bridge.state.metrics  # the bridge's own counters agree
-    assert snapshot.open_streams.labels("sse")._value.get() == 0
+    registry = bridge.state.metrics.registry  # the bridge's own gauge agrees
+    assert registry.get_sample_value("streamgate_bridge_open_streams", {"transport": "sse"}) == 0
     await eventually(lambda: len(asyncio.all_tasks()) <= tasks, within=3.0)
     await eventually(lambda: _fds() <= fds + 2, within=3.0)
     grown = _rss() - rss

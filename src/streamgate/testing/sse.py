@@ -17,6 +17,11 @@ class SSEParser:
     _buffer: bytes = b""
     comments: list[str] = field(default_factory=list)
 
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not yet complete (a stream that ends with some was cut mid-frame)."""
+        return self._buffer
+
     def feed(self, data: bytes) -> list[str]:
         """Events completed by `data`: each the joined `data:` lines of one event."""
         self._buffer = (self._buffer + data).replace(b"\r\n", b"\n")  # CRLF is valid SSE too
