@@ -134,6 +134,8 @@ class GatewayStream(AsyncIterator[Event]):
         self._closed = False
         self._attempt = 0
         self._fallbacks = list(gateway.config.fallback_models)
+        #: From admission: time to first token counts the wait for the upstream too.
+        self._clock = StreamClock()
 
     def __aiter__(self) -> Self:
         return self
@@ -170,9 +172,10 @@ class GatewayStream(AsyncIterator[Event]):
         self._closed = True
         self._gateway._release(self)
         request_id = self.request.request_id
-        if final is None:
-            self._gateway.metrics.stream_finished(self.model, outcome, StreamClock().finish(0), 0, 0, None)
-            logger.info("stream %s cancelled by the client", request_id)
+        if final is None:  # cancelled: what it had sent so far, one token a chunk as an estimate
+            chunks = self._clock.chunks
+            self._gateway.metrics.stream_finished(self.model, outcome, self._clock.finish(chunks), 0, chunks, None)
+            logger.info("stream %s cancelled by the client after %d chunks", request_id, chunks)
             return
         self._gateway.metrics.stream_finished(
             self.model,
@@ -211,7 +214,7 @@ class GatewayStream(AsyncIterator[Event]):
         provider = self._gateway.provider
         request = self.request
         loop = asyncio.get_running_loop()
-        clock = StreamClock()
+        clock = self._clock
         start = loop.time()
         timeout = min(request.timeout or config.stream_timeout, config.stream_timeout)
         deadline = start + timeout
