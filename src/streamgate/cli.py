@@ -58,8 +58,9 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "--stream-timeout", float, 300.0, "seconds a whole stream may last")
     _add(group, "--first-token-timeout", float, 60.0, "seconds to wait for the first token")
     _add(group, "--idle-timeout", float, 30.0, "seconds the upstream may stay silent between tokens")
+    _add(group, "--allowed-models", _comma_list, (), "comma-separated models a request may name (empty: any)")
     _add(group, "--retries", int, 2, "tries of a model again when it fails before its first token")
-    _add(group, "--fallback-models", _origins, (), "comma-separated models tried in order when the model fails")
+    _add(group, "--fallback-models", _comma_list, (), "comma-separated models tried in order when the model fails")
     _add(group, "--tokens-per-second", float, 30.0, "pace of the embedded default model (0: unpaced)")
 
 
@@ -83,12 +84,12 @@ def _bridge_flags(parser: argparse.ArgumentParser, with_core: bool) -> None:
     _add(group, "--http-port", int, 8000, "HTTP port (0: any free port)")
     _add(group, "--keepalive-interval", float, 15.0, "seconds of silence before an SSE ': ping' line")
     _add(group, "--max-body-bytes", int, 1024 * 1024, "largest request body or WebSocket message")
-    _add(group, "--cors-origins", _origins, (), "comma-separated origins allowed by CORS (none by default)")
+    _add(group, "--cors-origins", _comma_list, (), "comma-separated origins allowed by CORS (none by default)")
     if with_core:
         _add(group, "--drain-grace", float, 10.0, "seconds open streams may finish after SIGTERM")
 
 
-def _origins(text: str | tuple[str, ...]) -> tuple[str, ...]:
+def _comma_list(text: str | tuple[str, ...]) -> tuple[str, ...]:
     """A comma-separated list (origins, models)."""
     if isinstance(text, tuple):
         return text
@@ -154,6 +155,7 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         retries=args.retries,
         fallback_models=args.fallback_models,
         max_streams_per_key=args.max_streams_per_key,
+        allowed_models=args.allowed_models,
     )
     keyring = Keyring()
     if args.api_keys:
@@ -179,7 +181,7 @@ def _bridge_config(args: argparse.Namespace, core: str) -> Any:
         http_port=args.http_port,
         keepalive_interval=args.keepalive_interval,
         max_body_bytes=args.max_body_bytes,
-        cors_origins=args.cors_origins,
+        cors_comma_list=args.cors_comma_list,
         drain_grace=args.drain_grace,
     )
 
@@ -199,6 +201,7 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "idle_timeout",
         "retries",
         "fallback_models",
+        "allowed_models",
         "tokens_per_second",
         "host",
         "grpc_port",

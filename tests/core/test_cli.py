@@ -104,3 +104,15 @@ async def test_the_core_streams_the_default_model_and_drains_on_sigterm(
     assert result.error.partial_text == "".join(result.chunks) != ""
     async with asyncio.timeout(10):
         assert await process.wait() == 0
+
+
+def test_list_flags_and_variables_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMGATE_FALLBACK_MODELS", "openai/b,openai/c")
+    args = cli.build_parser().parse_args(["core", "--allowed-models", "openai/a, openai/b", "--retries", "0"])
+
+    config, server = cli._core_configs(args)
+
+    assert config.allowed_models == ("openai/a", "openai/b")
+    assert config.fallback_models == ("openai/b", "openai/c")
+    assert config.retries == 0
+    assert not server.keyring.enabled
