@@ -181,7 +181,7 @@ def _bridge_config(args: argparse.Namespace, core: str) -> Any:
         http_port=args.http_port,
         keepalive_interval=args.keepalive_interval,
         max_body_bytes=args.max_body_bytes,
-        cors_comma_list=args.cors_comma_list,
+        cors_origins=args.cors_origins,
         drain_grace=args.drain_grace,
     )
 

@@ -116,3 +116,14 @@ def test_list_flags_and_variables_reach_the_config(monkeypatch: pytest.MonkeyPat
     assert config.fallback_models == ("openai/b", "openai/c")
     assert config.retries == 0
     assert not server.keyring.enabled
+
+
+def test_bridge_flags_reach_the_bridge_config() -> None:
+    args = cli.build_parser().parse_args(
+        ["bridge", "--core", "10.0.0.1:7000", "--cors-origins", "https://a.example,https://b.example"]
+    )
+
+    config = cli._bridge_config(args, args.core)
+
+    assert config.core == "10.0.0.1:7000"
+    assert config.cors_origins == ("https://a.example", "https://b.example")
