@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from streamgate.core import Chunk, ErrorCode, Event, Failure, Metrics, StreamError, Usage
 from streamgate.rpc.convert import event_from_proto
 from streamgate.rpc.servicer import AUTHORIZATION, REQUEST_ID_HEADER
-from streamgate.rpc.status import FROM_GRPC_STATUS
+from streamgate.rpc.status import error_from_status
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
@@ -26,15 +26,11 @@ CORE_UNAVAILABLE = "the core is unavailable"
 
 
 def _refusal(code: grpc.StatusCode, details: str | None) -> StreamError:
-    error_code = FROM_GRPC_STATUS.get(code, ErrorCode.INTERNAL)
-    if error_code is ErrorCode.UNAVAILABLE and not (details and "shutting down" in details):
+    error = error_from_status(code, details)
+    if error.code is ErrorCode.UNAVAILABLE and not (details and "shutting down" in details):
+        # grpc's own words about a connection that failed mean nothing to a browser
         return StreamError(ErrorCode.UNAVAILABLE, CORE_UNAVAILABLE, retryable=True)
-    retryable = error_code in (
-        ErrorCode.RESOURCE_EXHAUSTED,
-        ErrorCode.UNAVAILABLE,
-        ErrorCode.DEADLINE_EXCEEDED,
-    )
-    return StreamError(error_code, details or error_code.value, retryable=retryable)
+    return error
 
 
 class CoreStream:

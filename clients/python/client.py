@@ -24,7 +24,7 @@ import grpc
 from streamgate.core.errors import ErrorCode, StreamError
 from streamgate.core.model import Chunk, Completion, Failure
 from streamgate.rpc.convert import event_from_proto
-from streamgate.rpc.status import FROM_GRPC_STATUS
+from streamgate.rpc.status import error_from_status
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
@@ -32,9 +32,7 @@ __all__ = ["Chunk", "Completion", "Failure", "StreamError", "StreamgateClient"]
 
 
 def _error(exc: grpc.aio.AioRpcError) -> StreamError:
-    code = FROM_GRPC_STATUS.get(exc.code(), ErrorCode.INTERNAL)
-    retryable = code in (ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED)
-    return StreamError(code, exc.details() or code.value, retryable=retryable)
+    return error_from_status(exc.code(), exc.details())
 
 
 class StreamgateClient:

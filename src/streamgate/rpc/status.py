@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from streamgate.core import ErrorCode
+from streamgate.core import ErrorCode, StreamError
 from streamgate.v1 import streamgate_pb2 as pb
 
 GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
@@ -24,3 +24,12 @@ PROTO_CODE: dict[ErrorCode, pb.ErrorCode.ValueType] = {
 ERROR_CODE: dict[pb.ErrorCode.ValueType, ErrorCode] = {value: code for code, value in PROTO_CODE.items()}
 
 FROM_GRPC_STATUS: dict[grpc.StatusCode, ErrorCode] = {status: code for code, status in GRPC_STATUS.items()}
+
+#: Codes for which the same request may succeed later.
+RETRYABLE = frozenset({ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE_EXCEEDED})
+
+
+def error_from_status(status: grpc.StatusCode, details: str | None) -> StreamError:
+    """The error model for a gRPC status a client received (the way back through the table)."""
+    code = FROM_GRPC_STATUS.get(status, ErrorCode.INTERNAL)
+    return StreamError(code, details or code.value, retryable=code in RETRYABLE)
