@@ -23,6 +23,8 @@ class BridgeConfig:
     max_queued_queries: int = 8
     #: Seconds open streams may go on after SIGTERM before the bridge ends them.
     drain_grace: float = 10.0
+    #: Chunks that waited together for a slow client go out as one frame (one write instead of many).
+    coalesce: bool = True
 
     def __post_init__(self) -> None:
         host, sep, port = self.core.rpartition(":")

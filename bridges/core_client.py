@@ -1,15 +1,29 @@
-"""The bridge's view of the core: one gRPC channel, and streams that always end with one final event.
+"""The bridge's view of the core: one `Relay` call that carries every stream, each ending with one final event.
 
-`CoreClient.open()` returns once the core has admitted the stream (its initial
-metadata arrived) or raises the core's refusal as a `StreamError`, so the
-bridge can still answer with a plain HTTP error. `CoreStream` then yields the
-core's events; if the call breaks without a final message (the core died),
-it makes the final `Failure` itself, with the text received so far.
+`CoreClient.open()` returns once the core has admitted the stream or raises
+the core's refusal as a `StreamError`, so the bridge can still answer with a
+plain HTTP error. `CoreStream` then yields the core's events; if the link
+breaks before the final event (the core died), it makes the final `Failure`
+itself, with the text received so far.
+
+One call carries all streams (see `streamgate/rpc/relay.py` for why): a
+reader task hands each frame to its stream, a writer task sends the open and
+cancel commands in batches. A link that broke fails the streams it carried;
+the next `open()` starts a new one.
+
+Cancellation: `CoreStream.cancel()` sends a `RelayCancel` (the core closes
+the upstream request) and makes a consumer waiting in `events()` raise
+CancelledError, as a cancelled gRPC call would.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
+import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator
 
 import grpc
@@ -17,34 +31,108 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from streamgate.core import Chunk, ErrorCode, Event, Failure, Metrics, StreamError, Usage
 from streamgate.rpc.convert import event_from_proto
-from streamgate.rpc.servicer import AUTHORIZATION, REQUEST_ID_HEADER
-from streamgate.rpc.status import error_from_status
+from streamgate.rpc.status import ERROR_CODE, error_from_status
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
+logger = logging.getLogger("streamgate.bridge")
+
 CORE_UNAVAILABLE = "the core is unavailable"
+LOST = StreamError(ErrorCode.UNAVAILABLE, "lost the connection to the core", retryable=True)
 
 
-def _refusal(code: grpc.StatusCode, details: str | None) -> StreamError:
+def _link_error(code: grpc.StatusCode, details: str | None) -> StreamError:
     error = error_from_status(code, details)
-    if error.code is ErrorCode.UNAVAILABLE and not (details and "shutting down" in details):
+    if error.code is ErrorCode.UNAVAILABLE:
         # grpc's own words about a connection that failed mean nothing to a browser
         return StreamError(ErrorCode.UNAVAILABLE, CORE_UNAVAILABLE, retryable=True)
     return error
 
 
 class CoreStream:
-    """One admitted stream. Iterate `events()`; `cancel()` stops it (the core closes the upstream)."""
+    """One stream of the link. Iterate `events()`; `cancel()` stops it (the core closes the upstream)."""
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse], request_id: str):
-        self._call = call
-        self.request_id = request_id
+    __slots__ = (
+        "_admitted",
+        "_cancelled",
+        "_ended",
+        "_events",
+        "_link",
+        "_waiter",
+        "first_chunk",
+        "request_id",
+        "started",
+        "stream_id",
+        "text",
+    )
+
+    def __init__(self, link: _Link, stream_id: int) -> None:
+        self._link = link
+        self.stream_id = stream_id
+        self.request_id = ""
+        self._admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._events: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False  # the final event arrived (or was made here)
+        self._cancelled = False
         self.text: list[str] = []
         self.started = time.perf_counter()
         self.first_chunk: float | None = None
 
+    # -- called by the link's reader --------------------------------------------------------------
+
+    def _admit(self, request_id: str) -> None:
+        self.request_id = request_id
+        if not self._admitted.done():
+            self._admitted.set_result(None)
+
+    def _refuse(self, error: StreamError) -> None:
+        self._ended = True
+        if not self._admitted.done():
+            self._admitted.set_exception(error)
+
+    def _event(self, event: Event) -> None:
+        if self._ended:
+            return
+        if not isinstance(event, Chunk):
+            self._ended = True
+        self._events.append(event)
+        self._wake()
+
+    def _lost(self, error: StreamError) -> None:
+        """The link broke: refused if not yet admitted, else a final failure made here."""
+        if not self._admitted.done():
+            self._refuse(error)
+            return
+        if not self._ended:
+            self._event(self.failure(LOST if error.code is ErrorCode.UNAVAILABLE else error))
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the bridge's side -------------------------------------------------------------------------
+
+    async def admitted(self) -> None:
+        try:
+            await self._admitted
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
     def cancel(self) -> None:
-        self._call.cancel()
+        if self._cancelled:
+            return
+        self._cancelled = True
+        if not self._admitted.done():
+            self._admitted.cancel()
+        if not self._ended:
+            self._link.cancel(self.stream_id)
+        self._link.forget(self.stream_id)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
 
     def metrics(self) -> Metrics:
         """What the bridge measured itself (for a stream that has no final event from the core)."""
@@ -53,13 +141,32 @@ class CoreStream:
         return Metrics(ttft_ms=round(ttft, 3), duration_ms=round((now - self.started) * 1000, 3), chunks=len(self.text))
 
     async def events(self) -> AsyncGenerator[Event, None]:
-        """The core's events, ending with exactly one `Completion` or `Failure`."""
-        call = self._call
+        """The core's events, ending with exactly one `Completion` or `Failure`.
+
+        Chunks that waited together (the client was slower than the core) come as one chunk,
+        unless the client was made with `coalesce=False`.
+        """
+        queue = self._events
+        loop = asyncio.get_running_loop()
         try:
-            while (response := await call.read()) is not grpc.aio.EOF:
-                assert isinstance(response, pb.GenerateResponse)
-                event = event_from_proto(response)
+            while True:
+                if self._cancelled:
+                    raise asyncio.CancelledError
+                if not queue:
+                    self._waiter = loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+                    continue
+                event = queue.popleft()
                 if isinstance(event, Chunk):
+                    if queue and isinstance(queue[0], Chunk) and self._link.coalesce:
+                        parts = [event.content]
+                        while queue and isinstance(nxt := queue[0], Chunk):
+                            parts.append(nxt.content)
+                            queue.popleft()
+                        event = Chunk("".join(parts), event.index)
                     if self.first_chunk is None:
                         self.first_chunk = time.perf_counter()
                     self.text.append(event.content)
@@ -67,12 +174,9 @@ class CoreStream:
                     continue
                 yield event
                 return
-            error = StreamError(ErrorCode.INTERNAL, "the core ended the stream without a final message")
-        except grpc.aio.AioRpcError as exc:
-            error = _refusal(exc.code(), exc.details())
-            if error.code is ErrorCode.UNAVAILABLE:
-                error = StreamError(ErrorCode.UNAVAILABLE, "lost the connection to the core", retryable=True)
-        yield self.failure(error)
+        finally:
+            if self._ended:
+                self._link.forget(self.stream_id)
 
     def failure(self, error: StreamError) -> Failure:
         """A final event made by the bridge, with what it received so far."""
@@ -87,9 +191,95 @@ class CoreStream:
         )
 
 
+class _Link:
+    """One `Relay` call and the streams it carries."""
+
+    def __init__(self, stub: pb_grpc.StreamGateServiceAsyncStub, coalesce: bool) -> None:
+        self._call = stub.Relay()
+        self.coalesce = coalesce
+        self._streams: dict[int, CoreStream] = {}
+        self._ids = itertools.count(1)
+        self._commands: list[pb.RelayCommand] = []
+        self._ready = asyncio.Event()
+        self.broken: StreamError | None = None
+        self._reader = asyncio.create_task(self._read())
+        self._writer = asyncio.create_task(self._write())
+
+    def open(self, request: pb.GenerateRequest, authorization: str | None) -> CoreStream:
+        stream = CoreStream(self, next(self._ids))
+        self._streams[stream.stream_id] = stream
+        command = pb.RelayCommand(stream_id=stream.stream_id, open=pb.RelayOpen(request=request))
+        if authorization:
+            command.open.authorization = authorization
+        self._send(command)
+        return stream
+
+    def cancel(self, stream_id: int) -> None:
+        if self.broken is None:
+            self._send(pb.RelayCommand(stream_id=stream_id, cancel=pb.RelayCancel()))
+
+    def forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    def _send(self, command: pb.RelayCommand) -> None:
+        self._commands.append(command)
+        self._ready.set()
+
+    async def _write(self) -> None:
+        call = self._call
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                commands, self._commands = self._commands, []
+                await call.write(pb.RelayRequest(commands=commands))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the call ended: the reader says why
+
+    async def _read(self) -> None:
+        streams = self._streams
+        error = StreamError(ErrorCode.UNAVAILABLE, CORE_UNAVAILABLE, retryable=True)
+        try:
+            while (response := await self._call.read()) is not grpc.aio.EOF:
+                assert isinstance(response, pb.RelayResponse)
+                for frame in response.frames:
+                    stream = streams.get(frame.stream_id)
+                    if stream is None:
+                        continue  # cancelled here already
+                    kind = frame.WhichOneof("frame")
+                    if kind == "event":
+                        stream._event(event_from_proto(frame.event))
+                    elif kind == "admitted":
+                        stream._admit(frame.admitted.request_id)
+                    elif kind == "refused":
+                        r = frame.refused
+                        code = ERROR_CODE.get(r.code, ErrorCode.INTERNAL)
+                        stream._refuse(StreamError(code, r.message, retryable=r.retryable))
+                        del streams[frame.stream_id]
+        except grpc.aio.AioRpcError as exc:
+            error = _link_error(exc.code(), exc.details())
+            if exc.code() is not grpc.StatusCode.CANCELLED:
+                logger.warning("the link to the core broke: %s %s", exc.code().name, exc.details())
+        finally:
+            self.broken = error
+            self._writer.cancel()
+            for stream in list(streams.values()):
+                stream._lost(error)
+            streams.clear()
+
+    async def close(self) -> None:
+        self._call.cancel()
+        for task in (self._reader, self._writer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 class CoreClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, coalesce: bool = True) -> None:
+        """`coalesce`: chunks that waited together (the reader was slower than the core) come as one."""
         self.address = address
+        self._coalesce = coalesce
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[
@@ -104,22 +294,19 @@ class CoreClient:
         )
         self._stub = pb_grpc.StreamGateServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._link: _Link | None = None
 
     async def open(self, request: pb.GenerateRequest, authorization: str | None = None) -> CoreStream:
         """Start a stream; raises `StreamError` when the core refuses it or cannot be reached.
 
         `authorization` (the client's `Authorization` header) is passed on for the core to check.
         """
-        credentials = ((AUTHORIZATION, authorization),) if authorization else None
-        call = self._stub.Generate(request, metadata=credentials)
-        try:
-            headers = await call.initial_metadata()
-        except grpc.aio.AioRpcError as exc:
-            raise _refusal(exc.code(), exc.details()) from None
-        request_id = dict(headers or ()).get(REQUEST_ID_HEADER)
-        if request_id is None:  # refused: the status came without headers
-            raise _refusal(await call.code(), await call.details())
-        return CoreStream(call, str(request_id))
+        link = self._link
+        if link is None or link.broken is not None:
+            link = self._link = _Link(self._stub, self._coalesce)
+        stream = link.open(request, authorization)
+        await stream.admitted()
+        return stream
 
     async def ready(self, timeout: float = 1.0) -> bool:
         """Whether the core answers its health check with SERVING."""
@@ -130,4 +317,6 @@ class CoreClient:
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def close(self) -> None:
+        if self._link is not None:
+            await self._link.close()
         await self._channel.close()

@@ -151,6 +151,7 @@ async def make_bridge(make_core: CoreFactory) -> AsyncIterator[BridgeFactory]:
         if "core" not in overrides:
             core = await make_core(**core_fields)
             overrides["core"] = core.address
+        overrides.setdefault("coalesce", False)  # as the core's: one frame a token
         server = BridgeServer(BridgeConfig(http_port=0, **overrides))
         await server.start()
         bridges.append(server)

@@ -20,6 +20,7 @@ from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
 from .convert import event_to_proto, request_from_proto
+from .relay import RelaySession
 from .status import GRPC_STATUS
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -66,6 +67,14 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
                 yield event_to_proto(event)
                 if isinstance(event, Failure):
                     await context.abort(GRPC_STATUS[event.error.code], event.error.message)
+
+    async def Relay(  # type: ignore[override]  # grpc.aio: a bidi handler may write with context.write
+        self,
+        request_iterator: AsyncIterator[pb.RelayRequest],
+        context: grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse],
+    ) -> None:
+        """Many streams over this one call (the bridge's link): see `relay.py`."""
+        await RelaySession(self.gateway, self.keyring, context).run()
 
     async def GetMetrics(
         self,

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file streamgate/v1/streamgate.proto.
  */
 export const file_streamgate_v1_streamgate: GenFile = /*@__PURE__*/
-  fileDesc("Ch5zdHJlYW1nYXRlL3YxL3N0cmVhbWdhdGUucHJvdG8SDXN0cmVhbWdhdGUudjEiOgoLQ2hhdE1lc3NhZ2USDAoEcm9sZRgBIAEoCRIPCgdjb250ZW50GAIgASgJEgwKBG5hbWUYAyABKAkiqAIKFEdlbmVyYXRpb25QYXJhbWV0ZXJzEhgKC3RlbXBlcmF0dXJlGAEgASgBSACIAQESFwoKbWF4X3Rva2VucxgCIAEoDUgBiAEBEhIKBXRvcF9wGAMgASgBSAKIAQESDAoEc3RvcBgEIAMoCRIdChBwcmVzZW5jZV9wZW5hbHR5GAUgASgBSAOIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYBiABKAFIBIgBARIRCgRzZWVkGAcgASgDSAWIAQESDAoEdXNlchgIIAEoCUIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnNCCAoGX3RvcF9wQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eUIHCgVfc2VlZCLWAQoPR2VuZXJhdGVSZXF1ZXN0EiwKCG1lc3NhZ2VzGAEgAygLMhouc3RyZWFtZ2F0ZS52MS5DaGF0TWVzc2FnZRINCgVxdWVyeRgCIAEoCRINCgVtb2RlbBgDIAEoCRI3CgpwYXJhbWV0ZXJzGAQgASgLMiMuc3RyZWFtZ2F0ZS52MS5HZW5lcmF0aW9uUGFyYW1ldGVycxISCgpyZXF1ZXN0X2lkGAUgASgJEioKB3RpbWVvdXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24imgEKEEdlbmVyYXRlUmVzcG9uc2USJQoFY2h1bmsYASABKAsyFC5zdHJlYW1nYXRlLnYxLkNodW5rSAASLwoKY29tcGxldGlvbhgCIAEoCzIZLnN0cmVhbWdhdGUudjEuQ29tcGxldGlvbkgAEiUKBWVycm9yGAMgASgLMhQuc3RyZWFtZ2F0ZS52MS5FcnJvckgAQgcKBWV2ZW50IicKBUNodW5rEg8KB2NvbnRlbnQYASABKAkSDQoFaW5kZXgYAiABKA0iTwoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoDRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoDRIUCgx0b3RhbF90b2tlbnMYAyABKA0iYAoNU3RyZWFtTWV0cmljcxIPCgd0dGZ0X21zGAEgASgBEhMKC2R1cmF0aW9uX21zGAIgASgBEhkKEXRva2Vuc19wZXJfc2Vjb25kGAMgASgBEg4KBmNodW5rcxgEIAEoDSLlAQoKQ29tcGxldGlvbhIMCgR0ZXh0GAEgASgJEhUKDWZpbmlzaF9yZWFzb24YAiABKAkSDQoFbW9kZWwYAyABKAkSIwoFdXNhZ2UYBCABKAsyFC5zdHJlYW1nYXRlLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAUgASgBSACIAQESLQoHbWV0cmljcxgGIAEoCzIcLnN0cmVhbWdhdGUudjEuU3RyZWFtTWV0cmljcxISCgpyZXF1ZXN0X2lkGAcgASgJEhcKD3VzYWdlX2VzdGltYXRlZBgIIAEoCEILCglfY29zdF91c2QihAIKBUVycm9yEiYKBGNvZGUYASABKA4yGC5zdHJlYW1nYXRlLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBIUCgxwYXJ0aWFsX3RleHQYBCABKAkSIwoFdXNhZ2UYBSABKAsyFC5zdHJlYW1nYXRlLnYxLlVzYWdlEi0KB21ldHJpY3MYBiABKAsyHC5zdHJlYW1nYXRlLnYxLlN0cmVhbU1ldHJpY3MSDQoFbW9kZWwYByABKAkSFQoIY29zdF91c2QYCCABKAFIAIgBARISCgpyZXF1ZXN0X2lkGAkgASgJQgsKCV9jb3N0X3VzZCITChFHZXRNZXRyaWNzUmVxdWVzdCI9CgxPdXRjb21lQ291bnQSDQoFbW9kZWwYASABKAkSDwoHb3V0Y29tZRgCIAEoCRINCgVjb3VudBgDIAEoBCKtAgoSR2V0TWV0cmljc1Jlc3BvbnNlEhYKDmFjdGl2ZV9zdHJlYW1zGAEgASgNEhcKD3N0cmVhbXNfc3RhcnRlZBgCIAEoBBIYChBzdHJlYW1zX3JlamVjdGVkGAMgASgEEi0KCG91dGNvbWVzGAQgAygLMhsuc3RyZWFtZ2F0ZS52MS5PdXRjb21lQ291bnQSFQoNcHJvbXB0X3Rva2VucxgFIAEoBBIZChFjb21wbGV0aW9uX3Rva2VucxgGIAEoBBIQCghjb3N0X3VzZBgHIAEoARITCgt0dGZ0X21zX3A1MBgIIAEoARITCgt0dGZ0X21zX3A5ORgJIAEoARIdChV0b2tlbnNfcGVyX3NlY29uZF9wNTAYCiABKAESEAoIZHJhaW5pbmcYCyABKAgq/AEKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASHwobRVJST1JfQ09ERV9JTlZBTElEX0FSR1VNRU5UEAESHgoaRVJST1JfQ09ERV9VTkFVVEhFTlRJQ0FURUQQAhIhCh1FUlJPUl9DT0RFX1JFU09VUkNFX0VYSEFVU1RFRBADEiAKHEVSUk9SX0NPREVfREVBRExJTkVfRVhDRUVERUQQBBIYChRFUlJPUl9DT0RFX0NBTkNFTExFRBAFEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQBhIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEAcytQEKEVN0cmVhbUdhdGVTZXJ2aWNlEk0KCEdlbmVyYXRlEh4uc3RyZWFtZ2F0ZS52MS5HZW5lcmF0ZVJlcXVlc3QaHy5zdHJlYW1nYXRlLnYxLkdlbmVyYXRlUmVzcG9uc2UwARJRCgpHZXRNZXRyaWNzEiAuc3RyZWFtZ2F0ZS52MS5HZXRNZXRyaWNzUmVxdWVzdBohLnN0cmVhbWdhdGUudjEuR2V0TWV0cmljc1Jlc3BvbnNlQm0KEWRldi5zdHJlYW1nYXRlLnYxQg9TdHJlYW1nYXRlUHJvdG9QAVpFZ2l0aHViLmNvbS9zdHJlYW1nYXRlL3N0cmVhbWdhdGUvY2xpZW50cy9nby9zdHJlYW1nYXRldjE7c3RyZWFtZ2F0ZXYxYgZwcm90bzM", [file_google_protobuf_duration]);
+  fileDesc("Ch5zdHJlYW1nYXRlL3YxL3N0cmVhbWdhdGUucHJvdG8SDXN0cmVhbWdhdGUudjEiOgoLQ2hhdE1lc3NhZ2USDAoEcm9sZRgBIAEoCRIPCgdjb250ZW50GAIgASgJEgwKBG5hbWUYAyABKAkiqAIKFEdlbmVyYXRpb25QYXJhbWV0ZXJzEhgKC3RlbXBlcmF0dXJlGAEgASgBSACIAQESFwoKbWF4X3Rva2VucxgCIAEoDUgBiAEBEhIKBXRvcF9wGAMgASgBSAKIAQESDAoEc3RvcBgEIAMoCRIdChBwcmVzZW5jZV9wZW5hbHR5GAUgASgBSAOIAQESHgoRZnJlcXVlbmN5X3BlbmFsdHkYBiABKAFIBIgBARIRCgRzZWVkGAcgASgDSAWIAQESDAoEdXNlchgIIAEoCUIOCgxfdGVtcGVyYXR1cmVCDQoLX21heF90b2tlbnNCCAoGX3RvcF9wQhMKEV9wcmVzZW5jZV9wZW5hbHR5QhQKEl9mcmVxdWVuY3lfcGVuYWx0eUIHCgVfc2VlZCLWAQoPR2VuZXJhdGVSZXF1ZXN0EiwKCG1lc3NhZ2VzGAEgAygLMhouc3RyZWFtZ2F0ZS52MS5DaGF0TWVzc2FnZRINCgVxdWVyeRgCIAEoCRINCgVtb2RlbBgDIAEoCRI3CgpwYXJhbWV0ZXJzGAQgASgLMiMuc3RyZWFtZ2F0ZS52MS5HZW5lcmF0aW9uUGFyYW1ldGVycxISCgpyZXF1ZXN0X2lkGAUgASgJEioKB3RpbWVvdXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24imgEKEEdlbmVyYXRlUmVzcG9uc2USJQoFY2h1bmsYASABKAsyFC5zdHJlYW1nYXRlLnYxLkNodW5rSAASLwoKY29tcGxldGlvbhgCIAEoCzIZLnN0cmVhbWdhdGUudjEuQ29tcGxldGlvbkgAEiUKBWVycm9yGAMgASgLMhQuc3RyZWFtZ2F0ZS52MS5FcnJvckgAQgcKBWV2ZW50IicKBUNodW5rEg8KB2NvbnRlbnQYASABKAkSDQoFaW5kZXgYAiABKA0iTwoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoDRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoDRIUCgx0b3RhbF90b2tlbnMYAyABKA0iYAoNU3RyZWFtTWV0cmljcxIPCgd0dGZ0X21zGAEgASgBEhMKC2R1cmF0aW9uX21zGAIgASgBEhkKEXRva2Vuc19wZXJfc2Vjb25kGAMgASgBEg4KBmNodW5rcxgEIAEoDSLlAQoKQ29tcGxldGlvbhIMCgR0ZXh0GAEgASgJEhUKDWZpbmlzaF9yZWFzb24YAiABKAkSDQoFbW9kZWwYAyABKAkSIwoFdXNhZ2UYBCABKAsyFC5zdHJlYW1nYXRlLnYxLlVzYWdlEhUKCGNvc3RfdXNkGAUgASgBSACIAQESLQoHbWV0cmljcxgGIAEoCzIcLnN0cmVhbWdhdGUudjEuU3RyZWFtTWV0cmljcxISCgpyZXF1ZXN0X2lkGAcgASgJEhcKD3VzYWdlX2VzdGltYXRlZBgIIAEoCEILCglfY29zdF91c2QihAIKBUVycm9yEiYKBGNvZGUYASABKA4yGC5zdHJlYW1nYXRlLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhEKCXJldHJ5YWJsZRgDIAEoCBIUCgxwYXJ0aWFsX3RleHQYBCABKAkSIwoFdXNhZ2UYBSABKAsyFC5zdHJlYW1nYXRlLnYxLlVzYWdlEi0KB21ldHJpY3MYBiABKAsyHC5zdHJlYW1nYXRlLnYxLlN0cmVhbU1ldHJpY3MSDQoFbW9kZWwYByABKAkSFQoIY29zdF91c2QYCCABKAFIAIgBARISCgpyZXF1ZXN0X2lkGAkgASgJQgsKCV9jb3N0X3VzZCITChFHZXRNZXRyaWNzUmVxdWVzdCI9CgxPdXRjb21lQ291bnQSDQoFbW9kZWwYASABKAkSDwoHb3V0Y29tZRgCIAEoCRINCgVjb3VudBgDIAEoBCKtAgoSR2V0TWV0cmljc1Jlc3BvbnNlEhYKDmFjdGl2ZV9zdHJlYW1zGAEgASgNEhcKD3N0cmVhbXNfc3RhcnRlZBgCIAEoBBIYChBzdHJlYW1zX3JlamVjdGVkGAMgASgEEi0KCG91dGNvbWVzGAQgAygLMhsuc3RyZWFtZ2F0ZS52MS5PdXRjb21lQ291bnQSFQoNcHJvbXB0X3Rva2VucxgFIAEoBBIZChFjb21wbGV0aW9uX3Rva2VucxgGIAEoBBIQCghjb3N0X3VzZBgHIAEoARITCgt0dGZ0X21zX3A1MBgIIAEoARITCgt0dGZ0X21zX3A5ORgJIAEoARIdChV0b2tlbnNfcGVyX3NlY29uZF9wNTAYCiABKAESEAoIZHJhaW5pbmcYCyABKAgiPQoMUmVsYXlSZXF1ZXN0Ei0KCGNvbW1hbmRzGAEgAygLMhsuc3RyZWFtZ2F0ZS52MS5SZWxheUNvbW1hbmQihAEKDFJlbGF5Q29tbWFuZBIRCglzdHJlYW1faWQYASABKAQSKAoEb3BlbhgCIAEoCzIYLnN0cmVhbWdhdGUudjEuUmVsYXlPcGVuSAASLAoGY2FuY2VsGAMgASgLMhouc3RyZWFtZ2F0ZS52MS5SZWxheUNhbmNlbEgAQgkKB2NvbW1hbmQiUwoJUmVsYXlPcGVuEi8KB3JlcXVlc3QYASABKAsyHi5zdHJlYW1nYXRlLnYxLkdlbmVyYXRlUmVxdWVzdBIVCg1hdXRob3JpemF0aW9uGAIgASgJIg0KC1JlbGF5Q2FuY2VsIjoKDVJlbGF5UmVzcG9uc2USKQoGZnJhbWVzGAEgAygLMhkuc3RyZWFtZ2F0ZS52MS5SZWxheUZyYW1lIrUBCgpSZWxheUZyYW1lEhEKCXN0cmVhbV9pZBgBIAEoBBIwCghhZG1pdHRlZBgCIAEoCzIcLnN0cmVhbWdhdGUudjEuUmVsYXlBZG1pdHRlZEgAEicKB3JlZnVzZWQYAyABKAsyFC5zdHJlYW1nYXRlLnYxLkVycm9ySAASMAoFZXZlbnQYBCABKAsyHy5zdHJlYW1nYXRlLnYxLkdlbmVyYXRlUmVzcG9uc2VIAEIHCgVmcmFtZSIjCg1SZWxheUFkbWl0dGVkEhIKCnJlcXVlc3RfaWQYASABKAkq/AEKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASHwobRVJST1JfQ09ERV9JTlZBTElEX0FSR1VNRU5UEAESHgoaRVJST1JfQ09ERV9VTkFVVEhFTlRJQ0FURUQQAhIhCh1FUlJPUl9DT0RFX1JFU09VUkNFX0VYSEFVU1RFRBADEiAKHEVSUk9SX0NPREVfREVBRExJTkVfRVhDRUVERUQQBBIYChRFUlJPUl9DT0RFX0NBTkNFTExFRBAFEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQBhIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEAcy/QEKEVN0cmVhbUdhdGVTZXJ2aWNlEk0KCEdlbmVyYXRlEh4uc3RyZWFtZ2F0ZS52MS5HZW5lcmF0ZVJlcXVlc3QaHy5zdHJlYW1nYXRlLnYxLkdlbmVyYXRlUmVzcG9uc2UwARJRCgpHZXRNZXRyaWNzEiAuc3RyZWFtZ2F0ZS52MS5HZXRNZXRyaWNzUmVxdWVzdBohLnN0cmVhbWdhdGUudjEuR2V0TWV0cmljc1Jlc3BvbnNlEkYKBVJlbGF5Ehsuc3RyZWFtZ2F0ZS52MS5SZWxheVJlcXVlc3QaHC5zdHJlYW1nYXRlLnYxLlJlbGF5UmVzcG9uc2UoATABQm0KEWRldi5zdHJlYW1nYXRlLnYxQg9TdHJlYW1nYXRlUHJvdG9QAVpFZ2l0aHViLmNvbS9zdHJlYW1nYXRlL3N0cmVhbWdhdGUvY2xpZW50cy9nby9zdHJlYW1nYXRldjE7c3RyZWFtZ2F0ZXYxYgZwcm90bzM", [file_google_protobuf_duration]);
 
 /**
  * ChatMessage is one message of an OpenAI-style chat.
@@ -528,6 +528,192 @@ export const GetMetricsResponseSchema: GenMessage<GetMetricsResponse> = /*@__PUR
   messageDesc(file_streamgate_v1_streamgate, 11);
 
 /**
+ * RelayRequest is a batch of commands from a Relay client.
+ *
+ * @generated from message streamgate.v1.RelayRequest
+ */
+export type RelayRequest = Message<"streamgate.v1.RelayRequest"> & {
+  /**
+   * @generated from field: repeated streamgate.v1.RelayCommand commands = 1;
+   */
+  commands: RelayCommand[];
+};
+
+/**
+ * Describes the message streamgate.v1.RelayRequest.
+ * Use `create(RelayRequestSchema)` to create a new message.
+ */
+export const RelayRequestSchema: GenMessage<RelayRequest> = /*@__PURE__*/
+  messageDesc(file_streamgate_v1_streamgate, 12);
+
+/**
+ * RelayCommand opens or cancels one stream of a Relay call.
+ *
+ * @generated from message streamgate.v1.RelayCommand
+ */
+export type RelayCommand = Message<"streamgate.v1.RelayCommand"> & {
+  /**
+   * Chosen by the client, unique within the call.
+   *
+   * @generated from field: uint64 stream_id = 1;
+   */
+  streamId: bigint;
+
+  /**
+   * @generated from oneof streamgate.v1.RelayCommand.command
+   */
+  command: {
+    /**
+     * @generated from field: streamgate.v1.RelayOpen open = 2;
+     */
+    value: RelayOpen;
+    case: "open";
+  } | {
+    /**
+     * @generated from field: streamgate.v1.RelayCancel cancel = 3;
+     */
+    value: RelayCancel;
+    case: "cancel";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message streamgate.v1.RelayCommand.
+ * Use `create(RelayCommandSchema)` to create a new message.
+ */
+export const RelayCommandSchema: GenMessage<RelayCommand> = /*@__PURE__*/
+  messageDesc(file_streamgate_v1_streamgate, 13);
+
+/**
+ * RelayOpen starts a stream, as a Generate call would.
+ *
+ * @generated from message streamgate.v1.RelayOpen
+ */
+export type RelayOpen = Message<"streamgate.v1.RelayOpen"> & {
+  /**
+   * @generated from field: streamgate.v1.GenerateRequest request = 1;
+   */
+  request?: GenerateRequest | undefined;
+
+  /**
+   * The credentials, as Generate's authorization metadata: "Bearer <API key>".
+   *
+   * @generated from field: string authorization = 2;
+   */
+  authorization: string;
+};
+
+/**
+ * Describes the message streamgate.v1.RelayOpen.
+ * Use `create(RelayOpenSchema)` to create a new message.
+ */
+export const RelayOpenSchema: GenMessage<RelayOpen> = /*@__PURE__*/
+  messageDesc(file_streamgate_v1_streamgate, 14);
+
+/**
+ * RelayCancel stops a stream: the core closes its upstream request and
+ * sends nothing more for it.
+ *
+ * @generated from message streamgate.v1.RelayCancel
+ */
+export type RelayCancel = Message<"streamgate.v1.RelayCancel"> & {
+};
+
+/**
+ * Describes the message streamgate.v1.RelayCancel.
+ * Use `create(RelayCancelSchema)` to create a new message.
+ */
+export const RelayCancelSchema: GenMessage<RelayCancel> = /*@__PURE__*/
+  messageDesc(file_streamgate_v1_streamgate, 15);
+
+/**
+ * RelayResponse is a batch of frames from the server.
+ *
+ * @generated from message streamgate.v1.RelayResponse
+ */
+export type RelayResponse = Message<"streamgate.v1.RelayResponse"> & {
+  /**
+   * @generated from field: repeated streamgate.v1.RelayFrame frames = 1;
+   */
+  frames: RelayFrame[];
+};
+
+/**
+ * Describes the message streamgate.v1.RelayResponse.
+ * Use `create(RelayResponseSchema)` to create a new message.
+ */
+export const RelayResponseSchema: GenMessage<RelayResponse> = /*@__PURE__*/
+  messageDesc(file_streamgate_v1_streamgate, 16);
+
+/**
+ * RelayFrame is one step of one stream of a Relay call.
+ *
+ * @generated from message streamgate.v1.RelayFrame
+ */
+export type RelayFrame = Message<"streamgate.v1.RelayFrame"> & {
+  /**
+   * @generated from field: uint64 stream_id = 1;
+   */
+  streamId: bigint;
+
+  /**
+   * @generated from oneof streamgate.v1.RelayFrame.frame
+   */
+  frame: {
+    /**
+     * The stream was admitted; its events follow.
+     *
+     * @generated from field: streamgate.v1.RelayAdmitted admitted = 2;
+     */
+    value: RelayAdmitted;
+    case: "admitted";
+  } | {
+    /**
+     * The stream was refused before it started (the status Generate would
+     * end with): only code, message and retryable are set. Nothing follows.
+     *
+     * @generated from field: streamgate.v1.Error refused = 3;
+     */
+    value: Error;
+    case: "refused";
+  } | {
+    /**
+     * One event of the stream, the last one a Completion or an Error.
+     *
+     * @generated from field: streamgate.v1.GenerateResponse event = 4;
+     */
+    value: GenerateResponse;
+    case: "event";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message streamgate.v1.RelayFrame.
+ * Use `create(RelayFrameSchema)` to create a new message.
+ */
+export const RelayFrameSchema: GenMessage<RelayFrame> = /*@__PURE__*/
+  messageDesc(file_streamgate_v1_streamgate, 17);
+
+/**
+ * RelayAdmitted says that a stream was admitted.
+ *
+ * @generated from message streamgate.v1.RelayAdmitted
+ */
+export type RelayAdmitted = Message<"streamgate.v1.RelayAdmitted"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message streamgate.v1.RelayAdmitted.
+ * Use `create(RelayAdmittedSchema)` to create a new message.
+ */
+export const RelayAdmittedSchema: GenMessage<RelayAdmitted> = /*@__PURE__*/
+  messageDesc(file_streamgate_v1_streamgate, 18);
+
+/**
  * ErrorCode mirrors the gRPC status code the stream ends with.
  *
  * @generated from enum streamgate.v1.ErrorCode
@@ -611,6 +797,25 @@ export const StreamGateService: GenService<{
     methodKind: "unary";
     input: typeof GetMetricsRequestSchema;
     output: typeof GetMetricsResponseSchema;
+  },
+  /**
+   * Relay carries many streams over one call: it is the bridge's link to the
+   * core, where a call per stream would cost more than the tokens it moves.
+   *
+   * The client opens and cancels streams with commands; the server answers
+   * with frames, batched and tagged with the stream they belong to. For each
+   * opened stream it sends either one refused frame, or one admitted frame
+   * and then the stream's events, as Generate would send them, up to exactly
+   * one final Completion or Error. Chunks of one stream that wait together
+   * may be sent as one chunk (when the server coalesces). Ending the call
+   * cancels every stream it carries.
+   *
+   * @generated from rpc streamgate.v1.StreamGateService.Relay
+   */
+  relay: {
+    methodKind: "bidi_streaming";
+    input: typeof RelayRequestSchema;
+    output: typeof RelayResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_streamgate_v1_streamgate, 0);

@@ -1,0 +1,181 @@
+"""The core's side of `Relay`: many streams over one gRPC call, for the bridge.
+
+A call per stream costs the bridge and the core about 60 µs of CPU per
+message each, and about 1.5 ms to open: more than the tokens it carries. One
+`Relay` call carries every stream a bridge serves, and sends what is waiting
+as one batch per write, so the per-message cost is shared by all the streams
+that had something to send.
+
+Each stream runs in its own task, exactly as a `Generate` handler would:
+`Gateway.open()`, then its events until the one final event. The task puts
+its events in an outbox; one writer task sends the outbox as a batch, and
+while that write is in flight the next batch collects. With `coalesce` (the
+default), chunks of one stream that wait in the outbox together are merged
+into one chunk, so a bridge
+that falls behind gets fewer, larger messages, and the outbox holds at most
+one chunk per stream: its text is the stream's own output, which the
+gateway keeps for the final event anyway.
+
+Cancellation: a `RelayCancel` cancels the stream's task; the CancelledError
+runs through `async with stream`, which closes the upstream request. When
+the call ends (the bridge closed it or went away), every stream task it
+carries is cancelled and awaited the same way, before the handler re-raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from streamgate.core import Chunk, Failure, Gateway, StreamError
+from streamgate.core.auth import Keyring
+from streamgate.core.errors import invalid
+from streamgate.v1 import streamgate_pb2 as pb
+
+from .convert import event_to_proto, request_from_proto
+from .status import PROTO_CODE
+
+logger = logging.getLogger("streamgate.rpc")
+
+RelayContext = grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse]
+
+
+def _refused(error: StreamError) -> pb.Error:
+    return pb.Error(code=PROTO_CODE[error.code], message=error.message, retryable=error.retryable)
+
+
+class _Outbox:
+    """Frames waiting to be written, in order per stream; pending chunks of a stream merged into one."""
+
+    __slots__ = ("_closed", "_frames", "_merge", "_open_chunk", "_ready")
+
+    def __init__(self, merge: bool) -> None:
+        self._merge = merge
+        self._frames: list[pb.RelayFrame | tuple[int, int, list[str]]] = []
+        #: stream id → the text parts of its chunk at the end of `_frames`, still open for merging
+        self._open_chunk: dict[int, list[str]] = {}
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def close(self) -> None:
+        """No more frames: `take()` returns what is left, then None."""
+        self._closed = True
+        self._ready.set()
+
+    def frame(self, frame: pb.RelayFrame) -> None:
+        self._open_chunk.pop(frame.stream_id, None)
+        self._frames.append(frame)
+        self._ready.set()
+
+    def chunk(self, stream_id: int, chunk: Chunk) -> None:
+        parts = self._open_chunk.get(stream_id)
+        if parts is not None and self._merge:
+            parts.append(chunk.content)
+            return
+        parts = [chunk.content]
+        self._open_chunk[stream_id] = parts
+        self._frames.append((stream_id, chunk.index, parts))
+        self._ready.set()
+
+    async def take(self) -> list[pb.RelayFrame] | None:
+        """Everything waiting, once there is something; None once closed and empty."""
+        await self._ready.wait()
+        if not self._frames:
+            return None  # closed
+        if not self._closed:
+            self._ready.clear()
+        waiting, self._frames = self._frames, []
+        self._open_chunk.clear()
+        return [
+            item
+            if isinstance(item, pb.RelayFrame)
+            else pb.RelayFrame(
+                stream_id=item[0],
+                event=pb.GenerateResponse(chunk=pb.Chunk(content="".join(item[2]), index=item[1])),
+            )
+            for item in waiting
+        ]
+
+
+class RelaySession:
+    """One `Relay` call: the streams it carries, by the client's stream id."""
+
+    def __init__(self, gateway: Gateway, keyring: Keyring, context: RelayContext) -> None:
+        self._gateway = gateway
+        self._keyring = keyring
+        self._context = context
+        self._outbox = _Outbox(merge=gateway.config.coalesce)
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        """Serve commands until the client ends the call; then cancel and await every stream."""
+        writer = asyncio.create_task(self._write())
+        try:
+            while True:
+                request: object = await self._context.read()  # typed as the request, but EOF at the end
+                if request is grpc.aio.EOF:
+                    break
+                assert isinstance(request, pb.RelayRequest)
+                for command in request.commands:
+                    self._command(command)
+            # The client has no more commands; serve the streams it opened to their end.
+            while self._tasks:
+                await asyncio.wait(list(self._tasks.values()))
+            self._outbox.close()
+            await writer  # the last frames
+        finally:
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    def _command(self, command: pb.RelayCommand) -> None:
+        stream_id = command.stream_id
+        kind = command.WhichOneof("command")
+        if kind == "cancel":
+            task = self._tasks.get(stream_id)
+            if task is not None:
+                task.cancel()
+            return
+        if kind != "open":
+            self._outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(invalid("an empty command"))))
+            return
+        if stream_id in self._tasks:
+            error = invalid(f"stream id {stream_id} is already open on this call")
+            self._outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(error)))
+            return
+        task = asyncio.create_task(self._serve(stream_id, command.open))
+        self._tasks[stream_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))
+
+    async def _serve(self, stream_id: int, command: pb.RelayOpen) -> None:
+        outbox = self._outbox
+        try:
+            principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
+            stream = self._gateway.open(request_from_proto(command.request, principal))
+        except StreamError as error:
+            outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(error)))
+            return
+        outbox.frame(
+            pb.RelayFrame(stream_id=stream_id, admitted=pb.RelayAdmitted(request_id=stream.request.request_id))
+        )
+        async with stream:
+            async for event in stream:
+                if isinstance(event, Chunk):
+                    outbox.chunk(stream_id, event)
+                else:
+                    outbox.frame(pb.RelayFrame(stream_id=stream_id, event=event_to_proto(event)))
+                    if isinstance(event, Failure):
+                        return
+
+    async def _write(self) -> None:
+        context = self._context
+        while (frames := await self._outbox.take()) is not None:
+            await context.write(pb.RelayResponse(frames=frames))
