@@ -189,7 +189,8 @@ def _paced_rows(table: Table, run: Run) -> None:
         lambda r: _held(r, s),
         lambda cell: cell,
     )
-    for streams in s.paced_steps:
+    measured = {step.streams for r in run.results.values() for step in r.paced}
+    for streams in sorted(set(s.paced_steps) | measured):
         base = run.baseline.get(streams)
         own = f"; the upstream's own: {num(base.ttft_ms[0])} / {num(base.ttft_ms[1])}" if base else ""
 

@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import signal
 import tempfile
@@ -190,18 +191,37 @@ async def paced(bench: Bench, env: Environment) -> None:
                     f"{key} clients leave: {leave.started_after} started after, idle after {leave.idle_after_s} s"
                 )
     alive = dict(deployments)
+    held: dict[str, int] = {key: 0 for key in deployments}
     for streams in s.paced_steps:
         if not alive:
             break
         await _baseline(bench, upstream, streams)
         for key, deployment in list(alive.items()):
             if await _step(bench, key, deployment, upstream, streams):
+                held[key] = streams
                 continue
             del alive[key]
             if streams == s.paced_steps[0]:  # failed the first step: find a lower level it holds
                 for lower in (streams // 2, streams // 5):
                     if await _step(bench, key, deployment, upstream, lower):
+                        held[key] = lower
                         break
+            await _refine(bench, key, deployment, upstream, held[key], streams)
+
+
+async def _refine(bench: Bench, key: str, deployment: Deployment, upstream: Upstream, held: int, failed: int) -> None:
+    """Between the level a system held and the one it failed: halve the interval until it is within
+    20% of what it held (3 steps at most), so that a capacity, and a ratio of two, is known closely."""
+    for _ in range(3):
+        if held == 0 or failed - held <= max(1, held // 5):
+            return
+        middle = (held + failed) // 2
+        if middle not in bench.run.baseline:
+            await _baseline(bench, upstream, middle)
+        if await _step(bench, key, deployment, upstream, middle):
+            held = middle
+        else:
+            failed = middle
 
 
 def _systems(args: argparse.Namespace, run: Run) -> list[System]:
@@ -217,7 +237,10 @@ def _systems(args: argparse.Namespace, run: Run) -> list[System]:
     return chosen
 
 
-async def bench_all(settings: Settings, systems: list[System], run: Run) -> None:
+PHASES = {"unpaced": unpaced, "paced": paced, "idle": idle}
+
+
+async def bench_all(settings: Settings, systems: list[System], run: Run, phases: list[str]) -> None:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
@@ -230,8 +253,8 @@ async def bench_all(settings: Settings, systems: list[System], run: Run) -> None
                 bench = Bench(settings, systems, pool, session, Path(workdir), run, time.monotonic())
                 env = Environment(bench)
                 try:
-                    for phase in (unpaced, paced, idle):
-                        await phase(bench, env)
+                    for phase in phases:
+                        await PHASES[phase](bench, env)
                 finally:
                     await env.close()
     finally:
@@ -246,15 +269,32 @@ def main() -> int:
         default=",".join(system.key for system in ALL),
         help="comma-separated systems to run (default: all): " + ", ".join(system.key for system in ALL),
     )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="comma-separated phases to run (default: all): " + ", ".join(PHASES),
+    )
+    parser.add_argument(
+        "--paced-steps", help="comma-separated paced concurrencies to try, e.g. 300,400,500 (default: the mode's)"
+    )
     parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
     args = parser.parse_args()
+    phases = args.phases.split(",")
+    if unknown := set(phases) - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
     raise_fd_limit()
     started = time.monotonic()
     mode = "quick" if args.quick else "full"
-    run = Run(shapes.QUICK if args.quick else shapes.FULL, mode, {})
+    settings = shapes.QUICK if args.quick else shapes.FULL
+    if args.paced_steps:
+        settings = dataclasses.replace(settings, paced_steps=tuple(int(n) for n in args.paced_steps.split(",")))
+    if args.paced_steps or phases != list(PHASES):
+        args.no_save = True  # a partial run is not the suite's result
+        mode += " (partial)"
+    run = Run(settings, mode, {})
     try:
         systems = _systems(args, run)
-        asyncio.run(bench_all(run.settings, systems, run))
+        asyncio.run(bench_all(run.settings, systems, run, phases))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted: every process stopped")
         return 130

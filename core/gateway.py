@@ -122,15 +122,21 @@ class Gateway:
 
 
 class GatewayStream(AsyncIterator[Event]):
-    """One admitted stream. Iterate it for events; `aclose()` it when done (always)."""
+    """One admitted stream. Iterate it for events, from one task; `aclose()` it when done (always)."""
 
     def __init__(self, gateway: Gateway, request: StreamRequest, model: str) -> None:
         self._gateway = gateway
         self.request = request
         self.model = model
         self._events: AsyncGenerator[Event, None] | None = None
-        self._waiting: asyncio.Timeout | None = None
         self._abort: StreamError | None = None
+        # One lazy timer bounds every wait on the upstream (see `_wait`): a token only moves
+        # `_limit`; the timer, when it fires early, re-arms itself at the current limit.
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Task[object] | None = None  # the task waiting on the upstream, while it waits
+        self._limit = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
         self._closed = False
         self._attempt = 0
         self._fallbacks = list(gateway.config.fallback_models)
@@ -162,8 +168,42 @@ class GatewayStream(AsyncIterator[Event]):
     def abort(self, error: StreamError) -> None:
         """End the stream with `error` as its final event, as soon as it next waits on the upstream."""
         self._abort = error
-        if self._waiting is not None:
-            self._waiting.reschedule(-1.0)
+        if self._waiter is not None:
+            self._expire()
+
+    def _arm(self, limit: float) -> None:
+        """Bound the wait that starts now by `limit` (loop time)."""
+        self._limit = limit
+        timer = self._timer
+        if timer is None or timer.when() > limit:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(limit, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._waiter is None:
+            return  # not waiting on the upstream: the next wait checks its limit and arms again
+        if self._loop.time() < self._limit:  # a token came since this timer was set
+            self._timer = self._loop.call_at(self._limit, self._on_timer)
+            return
+        self._expire()
+
+    def _expire(self) -> None:
+        """Interrupt the wait: the waiting task gets a CancelledError that `_run` turns into the final error.
+
+        Cancelling the task directly (not through call_soon) lands the CancelledError in the
+        wait even when the upstream's data arrived in this same loop iteration.
+        """
+        assert self._waiter is not None
+        if not self._expired:
+            self._expired = True
+            self._waiter.cancel()
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _finish(self, outcome: str, final: Completion | Failure | None) -> None:
         """Record the stream's end and free its slot, once."""
@@ -225,44 +265,51 @@ class GatewayStream(AsyncIterator[Event]):
         finish_reason = "stop"
         error: StreamError | None = None
         upstream = provider.stream(request, self.model)
+        task = asyncio.current_task()
+        assert task is not None
         try:
             try:
                 while True:
-                    if self._abort is not None:
-                        raise self._abort
                     step = first_deadline if clock.first_token is None else loop.time() + idle
                     limit = min(deadline, step)
+                    if self._abort is not None:
+                        raise self._abort
+                    if loop.time() >= limit:
+                        raise self._timeout_error(limit == deadline, clock.first_token is None, timeout)
+                    self._arm(limit)
+                    self._waiter = task
                     try:
-                        async with asyncio.timeout_at(limit) as waiting:
-                            self._waiting = waiting
-                            try:
-                                delta = await anext(upstream)
-                            except StreamError as exc:
-                                retry = self._retry(exc) if clock.first_token is None else None
-                                if retry is None:
-                                    raise
-                                await upstream.aclose()
-                                model, delay = retry
-                                logger.info(
-                                    "stream %s: %s failed before its first token (%s); trying %s in %.2f s",
-                                    request.request_id,
-                                    self.model,
-                                    exc.message,
-                                    model,
-                                    delay,
-                                )
-                                self.model = model
-                                await asyncio.sleep(delay)  # within the deadline: a drain or timeout ends it
-                                upstream = provider.stream(request, model)
-                                continue
+                        try:
+                            delta = await anext(upstream)
+                        except StreamError as exc:
+                            retry = self._retry(exc) if clock.first_token is None else None
+                            if retry is None:
+                                raise
+                            await upstream.aclose()
+                            model, delay = retry
+                            logger.info(
+                                "stream %s: %s failed before its first token (%s); trying %s in %.2f s",
+                                request.request_id,
+                                self.model,
+                                exc.message,
+                                model,
+                                delay,
+                            )
+                            self.model = model
+                            await asyncio.sleep(delay)  # within the same limit: a drain or timeout ends it
+                            upstream = provider.stream(request, model)
+                            continue
                     except StopAsyncIteration:
                         break
-                    except TimeoutError:
+                    except asyncio.CancelledError:
+                        if not self._expired or task.uncancel() > 0:
+                            raise  # cancelled from outside (the client left), not by the timer
+                        self._expired = False
                         if self._abort is not None:
                             raise self._abort from None
                         raise self._timeout_error(limit == deadline, clock.first_token is None, timeout) from None
                     finally:
-                        self._waiting = None
+                        self._waiter = None
                     if delta.content:
                         clock.chunk()
                         parts.append(delta.content)
@@ -276,12 +323,14 @@ class GatewayStream(AsyncIterator[Event]):
             except Exception as exc:  # a bug, not an expected failure: log it, still end the stream properly
                 logger.exception("stream %s: internal error", request.request_id)
                 error = StreamError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+            self._disarm()
             await upstream.aclose()
             final = self._final("".join(parts), usage, finish_reason, error, clock)
             self._finish("completed" if error is None else error.code.value.lower(), final)
             yield final
         finally:
             # Reached on cancellation and on aclose() too: the upstream is closed either way.
+            self._disarm()
             await upstream.aclose()
             self._finish("cancelled", None)
 

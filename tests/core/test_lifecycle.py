@@ -108,6 +108,35 @@ async def test_idle_timeout_ends_a_stream_that_stalls_midway(make_core: CoreFact
     await eventually(lambda: upstream.counters.disconnects == 1)
 
 
+async def test_a_steady_stream_longer_than_the_idle_timeout_is_not_ended_by_it(
+    make_core: CoreFactory, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=12, delay=0.1)  # 1.2 s in all, never 0.3 s without a token
+    core = await make_core(idle_timeout=0.3, first_token_timeout=0.3)
+    channel, stub = await _stub(core)
+    async with channel:
+        result = await collect(stub, pb.GenerateRequest(query="hi"))
+
+    assert result.code == grpc.StatusCode.OK, result.details
+    assert result.completion.text == "".join(token(i) for i in range(12))
+
+
+async def test_the_idle_timeout_counts_from_the_last_token_not_from_the_start(
+    make_core: CoreFactory, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=30, delay=0.05, stall_after=8)  # tokens for 0.4 s, then silence
+    core = await make_core(idle_timeout=0.3)
+    channel, stub = await _stub(core)
+    async with channel:
+        started = asyncio.get_running_loop().time()
+        result = await collect(stub, pb.GenerateRequest(query="hi"))
+        took = asyncio.get_running_loop().time() - started
+
+    assert result.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(result.chunks) == 8
+    assert 0.6 <= took < 1.5, f"ended {took:.2f} s after the start: about 0.35 s of tokens, then 0.3 s idle"
+
+
 async def test_client_deadline_closes_the_upstream(core: CoreServer, client: Client, upstream: FakeUpstream) -> None:
     upstream.default = SLOW
 

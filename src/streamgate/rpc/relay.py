@@ -36,7 +36,7 @@ from streamgate.core.errors import invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
 from .convert import event_to_proto, request_from_proto
-from .status import PROTO_CODE
+from .status import GRPC_STATUS, PROTO_CODE
 
 logger = logging.getLogger("streamgate.rpc")
 
@@ -119,8 +119,11 @@ class RelaySession:
                 if request is grpc.aio.EOF:
                     break
                 assert isinstance(request, pb.RelayRequest)
-                for command in request.commands:
-                    self._command(command)
+                try:
+                    for command in request.commands:
+                        self._command(command)
+                except StreamError as error:  # the client broke the protocol: end the call, loudly
+                    await self._context.abort(GRPC_STATUS[error.code], error.message)
             # The client has no more commands; serve the streams it opened to their end.
             while self._tasks:
                 await asyncio.wait(list(self._tasks.values()))
@@ -137,6 +140,7 @@ class RelaySession:
                 await writer
 
     def _command(self, command: pb.RelayCommand) -> None:
+        """Start or cancel a stream; raises `StreamError(INVALID_ARGUMENT)` for a command that breaks the protocol."""
         stream_id = command.stream_id
         kind = command.WhichOneof("command")
         if kind == "cancel":
@@ -145,12 +149,9 @@ class RelaySession:
                 task.cancel()
             return
         if kind != "open":
-            self._outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(invalid("an empty command"))))
-            return
+            raise invalid(f"stream {stream_id}: a command with neither open nor cancel")
         if stream_id in self._tasks:
-            error = invalid(f"stream id {stream_id} is already open on this call")
-            self._outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(error)))
-            return
+            raise invalid(f"stream id {stream_id} is already open on this call")
         task = asyncio.create_task(self._serve(stream_id, command.open))
         self._tasks[stream_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))

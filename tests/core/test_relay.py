@@ -1,0 +1,220 @@
+"""`Relay`: many streams over one call, each with its own frames and exactly one final event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from streamgate.core.auth import Keyring
+from streamgate.rpc.server import CoreServer
+from streamgate.testing.upstream import FakeUpstream, Scenario, token
+from streamgate.v1 import streamgate_pb2 as pb
+from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
+from tests.conftest import Client, CoreFactory, collect, eventually
+
+
+def open_(stream_id: int, query: str = "hi", model: str = "", authorization: str = "") -> pb.RelayCommand:
+    request = pb.GenerateRequest(query=query, model=model)
+    return pb.RelayCommand(stream_id=stream_id, open=pb.RelayOpen(request=request, authorization=authorization))
+
+
+def cancel(stream_id: int) -> pb.RelayCommand:
+    return pb.RelayCommand(stream_id=stream_id, cancel=pb.RelayCancel())
+
+
+@dataclass
+class Streams:
+    """What a Relay call sent, by stream id, in order."""
+
+    frames: dict[int, list[pb.RelayFrame]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, response: pb.RelayResponse) -> None:
+        for frame in response.frames:
+            assert not self.ended(frame.stream_id), f"a frame after the final one: {frame}"
+            self.frames[frame.stream_id].append(frame)
+
+    def kinds(self, stream_id: int) -> list[str]:
+        out = []
+        for frame in self.frames[stream_id]:
+            kind = frame.WhichOneof("frame")
+            out.append(frame.event.WhichOneof("event") if kind == "event" else kind)
+        return out
+
+    def text(self, stream_id: int) -> str:
+        return "".join(f.event.chunk.content for f in self.frames[stream_id] if f.event.HasField("chunk"))
+
+    def final(self, stream_id: int) -> pb.GenerateResponse:
+        last = self.frames[stream_id][-1]
+        assert last.HasField("event") and not last.event.HasField("chunk"), last
+        return last.event
+
+    def ended(self, stream_id: int) -> bool:
+        frames = self.frames.get(stream_id)
+        if not frames:
+            return False
+        last = frames[-1]
+        return last.HasField("refused") or (last.HasField("event") and not last.event.HasField("chunk"))
+
+
+class Link:
+    """A Relay call read in the background."""
+
+    def __init__(self, stub: pb_grpc.StreamGateServiceStub) -> None:
+        self.call = stub.Relay()
+        self.streams = Streams()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for response in self.call:
+            self.streams.add(response)
+
+    async def send(self, *commands: pb.RelayCommand) -> None:
+        await self.call.write(pb.RelayRequest(commands=commands))
+
+    async def ended(self, *stream_ids: int, within: float = 5.0) -> None:
+        await eventually(lambda: all(self.streams.ended(s) for s in stream_ids), within=within)
+
+
+@pytest.fixture
+async def link(client: Client) -> AsyncIterator[Link]:
+    link = Link(client.stub)
+    yield link
+    link.call.cancel()
+    await asyncio.gather(link.reader, return_exceptions=True)
+
+
+async def test_streams_on_one_call_each_get_admitted_chunks_and_one_completion(
+    link: Link, client: Client, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=6, delay=0.01)
+    await link.send(open_(1, "first"), open_(2, "second"))
+    await link.send(open_(3, "third"))
+    await link.ended(1, 2, 3)
+
+    alone = await collect(client.stub, pb.GenerateRequest(query="first"))
+    for stream_id in (1, 2, 3):
+        kinds = link.streams.kinds(stream_id)
+        assert kinds == ["admitted"] + ["chunk"] * 6 + ["completion"], kinds
+        completion = link.streams.final(stream_id).completion
+        assert link.streams.text(stream_id) == completion.text == "".join(token(i) for i in range(6))
+        assert completion.text == alone.completion.text, "the same stream as Generate gives"
+        assert completion.usage.completion_tokens == 6
+        assert link.streams.frames[stream_id][0].admitted.request_id == completion.request_id
+    assert len({link.streams.final(s).completion.request_id for s in (1, 2, 3)}) == 3
+    assert upstream.counters.finished == 4
+
+
+async def test_a_refused_stream_gets_one_refused_frame_and_the_others_go_on(
+    make_core: CoreFactory, upstream: FakeUpstream
+) -> None:
+    core = await make_core(allowed_models=("openai/fake",))
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        link = Link(pb_grpc.StreamGateServiceStub(channel))
+        await link.send(open_(1), open_(2, model="openai/other"), open_(3, query=""))
+        await link.ended(1, 2, 3)
+        assert link.streams.kinds(1)[-1] == "completion"
+        for stream_id in (2, 3):
+            assert link.streams.kinds(stream_id) == ["refused"]
+            assert link.streams.frames[stream_id][0].refused.code == pb.ERROR_CODE_INVALID_ARGUMENT
+        assert "openai/other" in link.streams.frames[2][0].refused.message
+        link.call.cancel()
+    assert upstream.counters.started == 1, "refused streams never reach the upstream"
+
+
+async def test_a_stream_id_already_open_ends_the_call_with_invalid_argument(
+    link: Link, core: CoreServer, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=200, delay=0.02)
+    await link.send(open_(7))
+    await eventually(lambda: link.streams.kinds(7)[:1] == ["admitted"])
+
+    await link.send(open_(7))
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await asyncio.wait_for(link.reader, 3.0)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "already open" in (raised.value.details() or "")
+    await eventually(lambda: upstream.counters.disconnects == 1 and core.gateway.active_streams == 0)
+
+
+async def test_cancel_closes_that_stream_upstream_request_only(link: Link, upstream: FakeUpstream) -> None:
+    upstream.default = Scenario(tokens=200, delay=0.02)
+    await link.send(open_(1), open_(2))
+    await eventually(lambda: all(link.streams.kinds(s).count("chunk") >= 2 for s in (1, 2)))
+
+    await link.send(cancel(1))
+    await eventually(lambda: upstream.counters.disconnects == 1)
+    await asyncio.sleep(0.1)
+    sent = len(link.streams.frames[1])
+    await asyncio.sleep(0.2)
+    assert len(link.streams.frames[1]) == sent, "nothing more for a cancelled stream"
+    assert not link.streams.ended(1), "a cancelled stream gets no final frame: its reader left"
+    assert upstream.counters.active == 1
+    assert link.streams.kinds(2).count("chunk") > 2, "the other stream goes on"
+
+
+async def test_ending_the_call_cancels_every_stream_it_carries(
+    link: Link, core: CoreServer, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=200, delay=0.02)
+    await link.send(*(open_(i) for i in range(1, 11)))
+    await eventually(lambda: upstream.counters.active == 10 and core.gateway.active_streams == 10)
+
+    link.call.cancel()
+
+    await eventually(lambda: upstream.counters.disconnects == 10)
+    await eventually(lambda: core.gateway.active_streams == 0 and upstream.counters.active == 0)
+
+
+async def test_after_the_client_stops_writing_the_open_streams_still_finish(link: Link, upstream: FakeUpstream) -> None:
+    upstream.default = Scenario(tokens=4, delay=0.02)
+    await link.send(open_(1), open_(2))
+    await link.call.done_writing()
+    await asyncio.wait_for(link.reader, 5.0)
+    assert await link.call.code() == grpc.StatusCode.OK
+    assert [link.streams.kinds(s)[-1] for s in (1, 2)] == ["completion", "completion"]
+
+
+async def test_each_stream_is_authenticated_with_its_own_key(make_core: CoreFactory, upstream: FakeUpstream) -> None:
+    core = await make_core(keyring=Keyring.from_lines(["alice: alice-secret-key-1"]))
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        link = Link(pb_grpc.StreamGateServiceStub(channel))
+        await link.send(
+            open_(1, authorization="Bearer alice-secret-key-1"),
+            open_(2),
+            open_(3, authorization="Bearer wrong-key-wrong-key"),
+        )
+        await link.ended(1, 2, 3)
+        link.call.cancel()
+    assert link.streams.kinds(1)[-1] == "completion"
+    assert [link.streams.frames[s][0].refused.code for s in (2, 3)] == [pb.ERROR_CODE_UNAUTHENTICATED] * 2
+
+
+async def test_a_stream_that_fails_mid_way_ends_with_its_error_frame(link: Link, upstream: FakeUpstream) -> None:
+    upstream.default = Scenario(tokens=10, drop_after=3)
+    await link.send(open_(1))
+    await link.ended(1)
+    error = link.streams.final(1).error
+    assert error.code == pb.ERROR_CODE_UNAVAILABLE
+    assert error.partial_text == link.streams.text(1) == "".join(token(i) for i in range(3))
+
+
+async def test_with_coalescing_chunks_that_waited_together_come_as_one(
+    make_core: CoreFactory, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=400)
+    core = await make_core(coalesce=True)
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        link = Link(pb_grpc.StreamGateServiceStub(channel))
+        await link.send(*(open_(i) for i in range(1, 5)))
+        await link.ended(1, 2, 3, 4)
+        link.call.cancel()
+    expected = "".join(token(i) for i in range(400))
+    for stream_id in range(1, 5):
+        assert link.streams.text(stream_id) == link.streams.final(stream_id).completion.text == expected
+        assert link.streams.kinds(stream_id).count("chunk") < 400
