@@ -49,7 +49,9 @@ type StreamGateServiceClient interface {
 	// and then the stream's events, as Generate would send them, up to exactly
 	// one final Completion or Error. Chunks of one stream that wait together
 	// may be sent as one chunk (when the server coalesces). Ending the call
-	// cancels every stream it carries.
+	// cancels every stream it carries. A command that breaks this protocol (a
+	// stream id that is already open, a command with neither open nor cancel)
+	// ends the call with INVALID_ARGUMENT.
 	Relay(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RelayRequest, RelayResponse], error)
 }
 
@@ -128,7 +130,9 @@ type StreamGateServiceServer interface {
 	// and then the stream's events, as Generate would send them, up to exactly
 	// one final Completion or Error. Chunks of one stream that wait together
 	// may be sent as one chunk (when the server coalesces). Ending the call
-	// cancels every stream it carries.
+	// cancels every stream it carries. A command that breaks this protocol (a
+	// stream id that is already open, a command with neither open nor cancel)
+	// ends the call with INVALID_ARGUMENT.
 	Relay(grpc.BidiStreamingServer[RelayRequest, RelayResponse]) error
 	mustEmbedUnimplementedStreamGateServiceServer()
 }

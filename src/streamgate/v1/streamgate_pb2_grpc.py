@@ -86,7 +86,9 @@ class StreamGateServiceServicer:
         and then the stream's events, as Generate would send them, up to exactly
         one final Completion or Error. Chunks of one stream that wait together
         may be sent as one chunk (when the server coalesces). Ending the call
-        cancels every stream it carries.
+        cancels every stream it carries. A command that breaks this protocol (a
+        stream id that is already open, a command with neither open nor cancel)
+        ends the call with INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,7 +54,9 @@ class StreamGateServiceStub:
     and then the stream's events, as Generate would send them, up to exactly
     one final Completion or Error. Chunks of one stream that wait together
     may be sent as one chunk (when the server coalesces). Ending the call
-    cancels every stream it carries.
+    cancels every stream it carries. A command that breaks this protocol (a
+    stream id that is already open, a command with neither open nor cancel)
+    ends the call with INVALID_ARGUMENT.
     """
 
 @_typing.type_check_only
@@ -83,7 +85,9 @@ class StreamGateServiceAsyncStub(StreamGateServiceStub):
     and then the stream's events, as Generate would send them, up to exactly
     one final Completion or Error. Chunks of one stream that wait together
     may be sent as one chunk (when the server coalesces). Ending the call
-    cancels every stream it carries.
+    cancels every stream it carries. A command that breaks this protocol (a
+    stream id that is already open, a command with neither open nor cancel)
+    ends the call with INVALID_ARGUMENT.
     """
 
 class StreamGateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -127,7 +131,9 @@ class StreamGateServiceServicer(metaclass=_abc_1.ABCMeta):
         and then the stream's events, as Generate would send them, up to exactly
         one final Completion or Error. Chunks of one stream that wait together
         may be sent as one chunk (when the server coalesces). Ending the call
-        cancels every stream it carries.
+        cancels every stream it carries. A command that breaks this protocol (a
+        stream id that is already open, a command with neither open nor cancel)
+        ends the call with INVALID_ARGUMENT.
         """
 
 def add_StreamGateServiceServicer_to_server(servicer: StreamGateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

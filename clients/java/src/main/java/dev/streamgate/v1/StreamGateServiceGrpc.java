@@ -209,7 +209,9 @@ public final class StreamGateServiceGrpc {
      * and then the stream's events, as Generate would send them, up to exactly
      * one final Completion or Error. Chunks of one stream that wait together
      * may be sent as one chunk (when the server coalesces). Ending the call
-     * cancels every stream it carries.
+     * cancels every stream it carries. A command that breaks this protocol (a
+     * stream id that is already open, a command with neither open nor cancel)
+     * ends the call with INVALID_ARGUMENT.
      * </pre>
      */
     default io.grpc.stub.StreamObserver<dev.streamgate.v1.RelayRequest> relay(
@@ -288,7 +290,9 @@ public final class StreamGateServiceGrpc {
      * and then the stream's events, as Generate would send them, up to exactly
      * one final Completion or Error. Chunks of one stream that wait together
      * may be sent as one chunk (when the server coalesces). Ending the call
-     * cancels every stream it carries.
+     * cancels every stream it carries. A command that breaks this protocol (a
+     * stream id that is already open, a command with neither open nor cancel)
+     * ends the call with INVALID_ARGUMENT.
      * </pre>
      */
     public io.grpc.stub.StreamObserver<dev.streamgate.v1.RelayRequest> relay(
@@ -354,7 +358,9 @@ public final class StreamGateServiceGrpc {
      * and then the stream's events, as Generate would send them, up to exactly
      * one final Completion or Error. Chunks of one stream that wait together
      * may be sent as one chunk (when the server coalesces). Ending the call
-     * cancels every stream it carries.
+     * cancels every stream it carries. A command that breaks this protocol (a
+     * stream id that is already open, a command with neither open nor cancel)
+     * ends the call with INVALID_ARGUMENT.
      * </pre>
      */
     @io.grpc.ExperimentalApi("https://github.com/grpc/grpc-java/issues/10918")
