@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -125,6 +126,7 @@ async def run_bridge(config: BridgeConfig) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
     server = BridgeServer(config)
     await server.start()
+    gc.freeze()  # what startup left lives as long as the process: keep full collections short
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -235,6 +235,9 @@ class _Link:
                 await call.write(pb.RelayRequest(commands=commands))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the call ended: the reader says why
+        except Exception:  # a bug: end the call, so that the reader fails every stream instead of leaving it hanging
+            logger.exception("the link to the core cannot send")
+            call.cancel()
 
     async def _read(self) -> None:
         streams = self._streams

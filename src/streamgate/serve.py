@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import signal
@@ -60,6 +61,7 @@ async def serve(options: list[str], core_argv: list[str], bridge_config: Callabl
         config = bridge_config(address.result())
         bridge = BridgeServer(config)
         await bridge.start()
+        gc.freeze()  # what startup left lives as long as the process: keep full collections short
         exited: asyncio.Future[int] = asyncio.ensure_future(core.wait())
         await asyncio.wait([waiting, exited], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         if exited.done():

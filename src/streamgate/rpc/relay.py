@@ -40,6 +40,9 @@ from .status import GRPC_STATUS, PROTO_CODE
 
 logger = logging.getLogger("streamgate.rpc")
 
+#: Event-loop turns the writer waits after a write, so that more frames join the next batch.
+RELAY_TURNS = 2
+
 RelayContext = grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse]
 
 
@@ -180,3 +183,9 @@ class RelaySession:
         context = self._context
         while (frames := await self._outbox.take()) is not None:
             await context.write(pb.RelayResponse(frames=frames))
+            # Let two more turns of the event loop (one more round of reads from the upstreams)
+            # join the next batch: under load that halves the writes, each about 50 µs of CPU on
+            # each side; when idle the turns take microseconds, and the first frame after a pause
+            # still goes out at once.
+            for _ in range(RELAY_TURNS):
+                await asyncio.sleep(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import signal
@@ -125,6 +126,10 @@ async def run_core(config: LiteLLMConfig, server_config: CoreServerConfig) -> No
     """Serve until SIGTERM or SIGINT, then drain."""
     server = CoreServer(config, server_config)
     await server.start()
+    # litellm leaves about 380,000 objects behind its import; a full collection walks them all
+    # (about 150 ms on this machine), often enough under load to stall every stream. They live as
+    # long as the process: move them out of the collector's sight.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
