@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -218,3 +219,31 @@ async def test_with_coalescing_chunks_that_waited_together_come_as_one(
     for stream_id in range(1, 5):
         assert link.streams.text(stream_id) == link.streams.final(stream_id).completion.text == expected
         assert link.streams.kinds(stream_id).count("chunk") < 400
+
+
+async def test_drain_ends_the_relay_call_after_the_final_frames_of_its_streams(
+    make_core: CoreFactory, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=200, delay=0.02)
+    core = await make_core()
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        link = Link(pb_grpc.StreamGateServiceStub(channel))
+        await link.send(open_(1), open_(2))
+        await eventually(lambda: all(link.streams.kinds(s).count("chunk") >= 2 for s in (1, 2)))
+
+        started = time.monotonic()
+        stopping = asyncio.create_task(core.stop(grace=0.3))
+        await eventually(lambda: core.gateway.draining)
+        await link.send(open_(3))
+        await asyncio.wait_for(link.reader, 3.0)
+        await stopping
+        took = time.monotonic() - started
+
+        assert await link.call.code() == grpc.StatusCode.OK
+    for stream_id in (1, 2):
+        error = link.streams.final(stream_id).error
+        assert error.code == pb.ERROR_CODE_UNAVAILABLE and "shutting down" in error.message
+        assert error.partial_text == link.streams.text(stream_id)
+    assert link.streams.kinds(3) == ["refused"]
+    assert "shutting down" in link.streams.frames[3][0].refused.message
+    assert took < 1.0, f"stop() took {took:.2f} s: the Relay call should end with its streams, not at stop()'s grace"

@@ -112,22 +112,43 @@ class RelaySession:
         self._context = context
         self._outbox = _Outbox(merge=gateway.config.coalesce)
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._handler: asyncio.Task[object] | None = None
+        self._reading = False  # waiting for commands: the only place `close()` may interrupt
+        self._closing = False
+
+    def close(self) -> None:
+        """Stop reading commands (the server is shutting down): the streams open now are served to
+        their end, their last frames written, then the call ends with OK."""
+        if self._reading and not self._closing:
+            self._closing = True
+            assert self._handler is not None
+            self._handler.cancel()  # interrupts the read of the next command, nothing else
 
     async def run(self) -> None:
         """Serve commands until the client ends the call; then cancel and await every stream."""
+        self._handler = handler = asyncio.current_task()
+        assert handler is not None
         writer = asyncio.create_task(self._write())
         try:
-            while True:
-                request: object = await self._context.read()  # typed as the request, but EOF at the end
-                if request is grpc.aio.EOF:
-                    break
-                assert isinstance(request, pb.RelayRequest)
-                try:
-                    for command in request.commands:
-                        self._command(command)
-                except StreamError as error:  # the client broke the protocol: end the call, loudly
-                    await self._context.abort(GRPC_STATUS[error.code], error.message)
-            # The client has no more commands; serve the streams it opened to their end.
+            try:
+                while not self._closing:
+                    self._reading = True
+                    try:
+                        request: object = await self._context.read()  # typed as the request, but EOF at the end
+                    finally:
+                        self._reading = False
+                    if request is grpc.aio.EOF:
+                        break
+                    assert isinstance(request, pb.RelayRequest)
+                    try:
+                        for command in request.commands:
+                            self._command(command)
+                    except StreamError as error:  # the client broke the protocol: end the call, loudly
+                        await self._context.abort(GRPC_STATUS[error.code], error.message)
+            except asyncio.CancelledError:
+                if not self._closing or handler.uncancel() > 0:
+                    raise
+            # No more commands; serve the streams already open to their end.
             while self._tasks:
                 await asyncio.wait(list(self._tasks.values()))
             self._outbox.close()

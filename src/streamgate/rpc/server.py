@@ -56,6 +56,7 @@ class CoreServer:
         self.config = config
         self.server_config = server_config or CoreServerConfig()
         self.gateway = Gateway(LiteLLMProvider(config))
+        self.servicer = StreamGateServicer(self.gateway, self.server_config.keyring)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None
@@ -75,7 +76,7 @@ class CoreServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_StreamGateServiceServicer_to_server(StreamGateServicer(self.gateway, sc.keyring), server)
+        pb_grpc.add_StreamGateServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -109,6 +110,7 @@ class CoreServer:
         grace = self.server_config.drain_grace if grace is None else grace
         await self.health.enter_graceful_shutdown()
         await self.gateway.drain(grace)
+        self.servicer.close_relays()  # their streams have ended: let the calls end too, not wait for stop()
         if self._server is not None:
             await self._server.stop(1.0)
         await self.gateway.provider.close()

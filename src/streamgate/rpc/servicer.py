@@ -34,6 +34,7 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
     def __init__(self, gateway: Gateway, keyring: Keyring | None = None) -> None:
         self.gateway = gateway
         self.keyring = keyring or Keyring()
+        self.relays: set[RelaySession] = set()
 
     def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         """The API key's holder from the `authorization` metadata; raises UNAUTHENTICATED."""
@@ -74,7 +75,17 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
         context: grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse],
     ) -> None:
         """Many streams over this one call (the bridge's link): see `relay.py`."""
-        await RelaySession(self.gateway, self.keyring, context).run()
+        session = RelaySession(self.gateway, self.keyring, context)
+        self.relays.add(session)
+        try:
+            await session.run()
+        finally:
+            self.relays.discard(session)
+
+    def close_relays(self) -> None:
+        """End every Relay call once the streams it carries have ended (shutdown, after the drain)."""
+        for session in self.relays:
+            session.close()
 
     async def GetMetrics(
         self,
