@@ -38,6 +38,8 @@ from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 logger = logging.getLogger("streamgate.bridge")
 
 CORE_UNAVAILABLE = "the core is unavailable"
+#: A batch of commands stops growing past this many bytes: well under the 16 MiB a gRPC message may have.
+BATCH_BYTES = 4 * 1024 * 1024
 LOST = StreamError(ErrorCode.UNAVAILABLE, "lost the connection to the core", retryable=True)
 
 
@@ -177,6 +179,8 @@ class CoreStream:
         finally:
             if self._ended:
                 self._link.forget(self.stream_id)
+            else:  # the reader stopped before the final event: the core must not go on for nobody
+                self.cancel()
 
     def failure(self, error: StreamError) -> Failure:
         """A final event made by the bridge, with what it received so far."""
@@ -230,9 +234,16 @@ class _Link:
         try:
             while True:
                 await self._ready.wait()
-                self._ready.clear()
-                commands, self._commands = self._commands, []
-                await call.write(pb.RelayRequest(commands=commands))
+                commands, size, count = self._commands, 0, 0
+                for command in commands:  # a batch well under the 16 MiB a message may have
+                    size += command.ByteSize()
+                    count += 1
+                    if size >= BATCH_BYTES:
+                        break
+                batch, self._commands = commands[:count], commands[count:]
+                if not self._commands:
+                    self._ready.clear()
+                await call.write(pb.RelayRequest(commands=batch))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the call ended: the reader says why
         except Exception:  # a bug: end the call, so that the reader fails every stream instead of leaving it hanging
@@ -265,6 +276,7 @@ class _Link:
                 logger.warning("the link to the core broke: %s %s", exc.code().name, exc.details())
         finally:
             self.broken = error
+            self._call.cancel()  # whatever ended the reading (a bug included), the core must stop these streams
             self._writer.cancel()
             for stream in list(streams.values()):
                 stream._lost(error)

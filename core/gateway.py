@@ -25,7 +25,7 @@ from typing import Self
 from .errors import ErrorCode, StreamError
 from .metrics import GatewayMetrics, StreamClock
 from .model import Chunk, Completion, Event, Failure, StreamRequest, Usage
-from .upstream import Provider
+from .upstream import Provider, clean_text
 
 logger = logging.getLogger("streamgate.core")
 
@@ -310,10 +310,17 @@ class GatewayStream(AsyncIterator[Event]):
                         raise self._timeout_error(limit == deadline, clock.first_token is None, timeout) from None
                     finally:
                         self._waiter = None
-                    if delta.content:
+                    if self._expired:  # the timer's cancellation was swallowed below the wait: it still counts
+                        self._expired = False
+                        task.uncancel()
+                        if self._abort is not None:
+                            raise self._abort
+                        raise self._timeout_error(limit == deadline, clock.first_token is None, timeout)
+                    if content := delta.content:
+                        content = clean_text(content)
                         clock.chunk()
-                        parts.append(delta.content)
-                        yield Chunk(delta.content, clock.chunks - 1)
+                        parts.append(content)
+                        yield Chunk(content, clock.chunks - 1)
                     if delta.finish_reason:
                         finish_reason = delta.finish_reason
                     if delta.usage is not None:

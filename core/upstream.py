@@ -24,6 +24,16 @@ class Delta:
     model: str | None = None
 
 
+def clean_text(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate (JSON allows "\\ud800", UTF-8 and protobuf do not)
+    becomes U+FFFD, so that no upstream text can fail a message on its way to the client."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 class Provider(Protocol):
     """What the gateway needs from a source of tokens."""
 

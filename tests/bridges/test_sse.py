@@ -301,3 +301,23 @@ async def test_metrics_count_streams_frames_and_disconnects(
     assert 'streamgate_bridge_disconnects_total{transport="sse"} 1.0' in text
     assert 'streamgate_bridge_open_streams{transport="sse"} 0.0' in text
     assert 'streamgate_bridge_frames_total{transport="sse"} 10.0' in text
+
+
+async def test_a_timeout_far_beyond_the_servers_is_capped_not_a_hang(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=3)
+    async with asyncio.timeout(5):
+        events = await _frames(http, bridge, json={"query": "hi", "timeout": 1e14})
+    assert events[-1]["is_final"] and "error" not in events[-1], events[-1]
+    assert "".join(e["content"] for e in events[:-1]) == "".join(token(i) for i in range(3))
+
+
+async def test_upstream_text_that_is_not_valid_unicode_arrives_replaced_not_lost(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=3, words=("ok ", "bad \ud800 ", "end"))  # JSON allows a lone surrogate
+    events = await _frames(http, bridge, json={"query": "hi"})
+    assert [e["content"] for e in events[:-1]] == ["ok ", "bad \ufffd ", "end"]
+    assert events[-1]["is_final"] and "error" not in events[-1], events[-1]
+    assert events[-1]["metadata"]["final_response"] == "ok bad \ufffd end"

@@ -1116,7 +1116,7 @@ func (x *RelayRequest) GetCommands() []*RelayCommand {
 // RelayCommand opens or cancels one stream of a Relay call.
 type RelayCommand struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Chosen by the client, unique within the call.
+	// Chosen by the client, unique among the streams open on the call.
 	StreamId uint64 `protobuf:"varint,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
 	// Types that are valid to be assigned to Command:
 	//
@@ -1260,7 +1260,7 @@ func (x *RelayOpen) GetAuthorization() string {
 }
 
 // RelayCancel stops a stream: the core closes its upstream request and
-// sends nothing more for it.
+// sends nothing more for it than the frames already on their way.
 type RelayCancel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields

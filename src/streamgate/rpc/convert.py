@@ -40,7 +40,7 @@ def request_from_proto(message: pb.GenerateRequest, principal: str | None = None
     )
     timeout = None
     if message.HasField("timeout"):
-        timeout = message.timeout.ToTimedelta().total_seconds()
+        timeout = message.timeout.seconds + message.timeout.nanos / 1e9  # (ToTimedelta overflows past 1e13 s)
         if timeout <= 0:
             raise invalid(f"timeout must be positive, got {timeout:g} s")
     return StreamRequest.create(

@@ -25,12 +25,11 @@ carries is cancelled and awaited the same way, before the handler re-raises.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import grpc
 
-from streamgate.core import Chunk, Failure, Gateway, StreamError
+from streamgate.core import Chunk, ErrorCode, Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
 from streamgate.core.errors import invalid
 from streamgate.v1 import streamgate_pb2 as pb
@@ -42,6 +41,8 @@ logger = logging.getLogger("streamgate.rpc")
 
 #: Event-loop turns the writer waits after a write, so that more frames join the next batch.
 RELAY_TURNS = 2
+#: A batch stops growing past this many bytes: well under the 16 MiB a gRPC message may have.
+BATCH_BYTES = 4 * 1024 * 1024
 
 RelayContext = grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse]
 
@@ -84,23 +85,31 @@ class _Outbox:
         self._ready.set()
 
     async def take(self) -> list[pb.RelayFrame] | None:
-        """Everything waiting, once there is something; None once closed and empty."""
+        """What is waiting, once there is something, up to about `BATCH_BYTES`; None once closed and empty."""
         await self._ready.wait()
-        if not self._frames:
+        frames = self._frames
+        if not frames:
             return None  # closed
-        if not self._closed:
+        size = count = 0
+        for item in frames:
+            size += item.ByteSize() if isinstance(item, pb.RelayFrame) else 16 + 4 * sum(map(len, item[2]))
+            count += 1
+            if size >= BATCH_BYTES:
+                break
+        taken, self._frames = frames[:count], frames[count:]
+        if not self._frames and not self._closed:
             self._ready.clear()
-        waiting, self._frames = self._frames, []
-        self._open_chunk.clear()
-        return [
-            item
-            if isinstance(item, pb.RelayFrame)
-            else pb.RelayFrame(
-                stream_id=item[0],
-                event=pb.GenerateResponse(chunk=pb.Chunk(content="".join(item[2]), index=item[1])),
-            )
-            for item in waiting
-        ]
+        batch: list[pb.RelayFrame] = []
+        for item in taken:
+            if isinstance(item, pb.RelayFrame):
+                batch.append(item)
+                continue
+            stream_id, index, parts = item
+            if self._open_chunk.get(stream_id) is parts:
+                del self._open_chunk[stream_id]  # on its way: later text starts a new chunk
+            chunk = pb.Chunk(content="".join(parts), index=index)
+            batch.append(pb.RelayFrame(stream_id=stream_id, event=pb.GenerateResponse(chunk=chunk)))
+        return batch
 
 
 class RelaySession:
@@ -129,6 +138,7 @@ class RelaySession:
         self._handler = handler = asyncio.current_task()
         assert handler is not None
         writer = asyncio.create_task(self._write())
+        writer.add_done_callback(self._writer_done)
         try:
             try:
                 while not self._closing:
@@ -160,8 +170,7 @@ class RelaySession:
             if tasks:
                 await asyncio.wait(tasks)
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            await asyncio.wait([writer])  # its own failure, if any, was logged by `_writer_done`
 
     def _command(self, command: pb.RelayCommand) -> None:
         """Start or cancel a stream; raises `StreamError(INVALID_ARGUMENT)` for a command that breaks the protocol."""
@@ -182,23 +191,45 @@ class RelaySession:
 
     async def _serve(self, stream_id: int, command: pb.RelayOpen) -> None:
         outbox = self._outbox
+        request_id, ended = None, False
         try:
-            principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
-            stream = self._gateway.open(request_from_proto(command.request, principal))
-        except StreamError as error:
-            outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(error)))
-            return
-        outbox.frame(
-            pb.RelayFrame(stream_id=stream_id, admitted=pb.RelayAdmitted(request_id=stream.request.request_id))
-        )
-        async with stream:
-            async for event in stream:
-                if isinstance(event, Chunk):
-                    outbox.chunk(stream_id, event)
-                else:
-                    outbox.frame(pb.RelayFrame(stream_id=stream_id, event=event_to_proto(event)))
+            try:
+                principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
+                stream = self._gateway.open(request_from_proto(command.request, principal))
+            except StreamError as error:
+                outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(error)))
+                return
+            request_id = stream.request.request_id
+            outbox.frame(pb.RelayFrame(stream_id=stream_id, admitted=pb.RelayAdmitted(request_id=request_id)))
+            async with stream:
+                async for event in stream:
+                    if isinstance(event, Chunk):
+                        outbox.chunk(stream_id, event)
+                        continue
+                    frame = pb.RelayFrame(stream_id=stream_id, event=event_to_proto(event))
+                    ended = True
+                    outbox.frame(frame)
                     if isinstance(event, Failure):
                         return
+        except Exception as exc:  # a bug: this stream ends with an error, the others on the call go on
+            logger.exception("relay stream %s (%s): internal error", stream_id, request_id)
+            if ended:
+                return
+            internal = StreamError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+            if request_id is None:
+                outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(internal)))
+            else:
+                final = _refused(internal)
+                final.request_id = request_id
+                outbox.frame(pb.RelayFrame(stream_id=stream_id, event=pb.GenerateResponse(error=final)))
+
+    def _writer_done(self, writer: asyncio.Task[None]) -> None:
+        """A writer that failed would leave every stream of the call without frames: end the call instead."""
+        if writer.cancelled() or writer.exception() is None:
+            return
+        logger.error("relay: cannot send, ending the call", exc_info=writer.exception())
+        if self._handler is not None and not self._handler.done():
+            self._handler.cancel()
 
     async def _write(self) -> None:
         context = self._context

@@ -79,6 +79,11 @@ class Scenario:
     send_usage: bool = True
     #: Echo this model name in chunks; defaults to the requested one.
     model: str | None = None
+    #: The tokens' text, in turn, instead of the default words (JSON escapes any text, even a lone surrogate).
+    words: tuple[str, ...] = ()
+
+    def token(self, i: int) -> str:
+        return self.words[i % len(self.words)] if self.words else token(i)
 
 
 @dataclass
@@ -188,7 +193,7 @@ class FakeUpstream:
                             "index": 0,
                             "message": {
                                 "role": "assistant",
-                                "content": "".join(token(i) for i in range(count)),
+                                "content": "".join(sc.token(i) for i in range(count)),
                             },
                             "finish_reason": finish,
                         }
@@ -221,7 +226,8 @@ class FakeUpstream:
                 await response.write(b"data: {this is not json\n\n")
             if i and sc.delay:
                 await asyncio.sleep(sc.delay)
-            delta = {"role": "assistant", "content": token(i)} if i == 0 else {"content": token(i)}
+            text = sc.token(i)
+            delta = {"role": "assistant", "content": text} if i == 0 else {"content": text}
             await response.write(chunk(delta, None))
         await response.write(chunk({}, finish))
         if sc.send_usage and (body.get("stream_options") or {}).get("include_usage"):

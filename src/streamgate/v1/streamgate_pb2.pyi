@@ -535,7 +535,7 @@ class RelayCommand(_message.Message):
     OPEN_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.int
-    """Chosen by the client, unique within the call."""
+    """Chosen by the client, unique among the streams open on the call."""
     @_builtins.property
     def open(self) -> Global___RelayOpen: ...
     @_builtins.property
@@ -586,7 +586,7 @@ Global___RelayOpen: _TypeAlias = RelayOpen  # noqa: Y015
 @_typing.final
 class RelayCancel(_message.Message):
     """RelayCancel stops a stream: the core closes its upstream request and
-    sends nothing more for it.
+    sends nothing more for it than the frames already on their way.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -553,7 +553,7 @@ export const RelayRequestSchema: GenMessage<RelayRequest> = /*@__PURE__*/
  */
 export type RelayCommand = Message<"streamgate.v1.RelayCommand"> & {
   /**
-   * Chosen by the client, unique within the call.
+   * Chosen by the client, unique among the streams open on the call.
    *
    * @generated from field: uint64 stream_id = 1;
    */
@@ -612,7 +612,7 @@ export const RelayOpenSchema: GenMessage<RelayOpen> = /*@__PURE__*/
 
 /**
  * RelayCancel stops a stream: the core closes its upstream request and
- * sends nothing more for it.
+ * sends nothing more for it than the frames already on their way.
  *
  * @generated from message streamgate.v1.RelayCancel
  */

@@ -8,7 +8,7 @@ package dev.streamgate.v1;
 /**
  * <pre>
  * RelayCancel stops a stream: the core closes its upstream request and
- * sends nothing more for it.
+ * sends nothing more for it than the frames already on their way.
  * </pre>
  *
  * Protobuf type {@code streamgate.v1.RelayCancel}
@@ -201,7 +201,7 @@ private static final long serialVersionUID = 0L;
   /**
    * <pre>
    * RelayCancel stops a stream: the core closes its upstream request and
-   * sends nothing more for it.
+   * sends nothing more for it than the frames already on their way.
    * </pre>
    *
    * Protobuf type {@code streamgate.v1.RelayCancel}

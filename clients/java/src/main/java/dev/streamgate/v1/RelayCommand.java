@@ -98,7 +98,7 @@ private static final long serialVersionUID = 0L;
   private long streamId_ = 0L;
   /**
    * <pre>
-   * Chosen by the client, unique within the call.
+   * Chosen by the client, unique among the streams open on the call.
    * </pre>
    *
    * <code>uint64 stream_id = 1 [json_name = "streamId"];</code>
@@ -579,7 +579,7 @@ private static final long serialVersionUID = 0L;
     private long streamId_ ;
     /**
      * <pre>
-     * Chosen by the client, unique within the call.
+     * Chosen by the client, unique among the streams open on the call.
      * </pre>
      *
      * <code>uint64 stream_id = 1 [json_name = "streamId"];</code>
@@ -591,7 +591,7 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Chosen by the client, unique within the call.
+     * Chosen by the client, unique among the streams open on the call.
      * </pre>
      *
      * <code>uint64 stream_id = 1 [json_name = "streamId"];</code>
@@ -607,7 +607,7 @@ private static final long serialVersionUID = 0L;
     }
     /**
      * <pre>
-     * Chosen by the client, unique within the call.
+     * Chosen by the client, unique among the streams open on the call.
      * </pre>
      *
      * <code>uint64 stream_id = 1 [json_name = "streamId"];</code>

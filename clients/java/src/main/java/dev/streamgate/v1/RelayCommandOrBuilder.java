@@ -12,7 +12,7 @@ public interface RelayCommandOrBuilder extends
 
   /**
    * <pre>
-   * Chosen by the client, unique within the call.
+   * Chosen by the client, unique among the streams open on the call.
    * </pre>
    *
    * <code>uint64 stream_id = 1 [json_name = "streamId"];</code>
