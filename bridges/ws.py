@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from streamgate.core import Completion, ErrorCode, Failure, StreamError
+from streamgate.core import Completion, ErrorCode, Failure, Metrics, StreamError
 from streamgate.core.errors import invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
@@ -44,6 +44,9 @@ class Session:
         self.pending: asyncio.Queue[pb.GenerateRequest | _Reject] = asyncio.Queue()
         self.queries = 0
         self.current: OpenStream | None = None
+        #: A cancel arrived while no query was streaming but one was waiting or being admitted:
+        #: it is for that one, which then ends cancelled (without an upstream call, if not yet sent).
+        self._cancel_next = False
 
     def receive(self, text: str) -> None:
         """Handle one text message from the client, at once."""
@@ -52,6 +55,8 @@ class Session:
             if query.is_cancel(data):
                 if self.current is not None:
                     self.current.end(CANCELLED)
+                elif self.queries:
+                    self._cancel_next = True
                 return
             if query.is_auth(data):
                 self.authorization = f"Bearer {data['api_key']}"
@@ -90,6 +95,12 @@ class Session:
 
     async def _stream(self, request: pb.GenerateRequest) -> None:
         ws, state, metrics = self.ws, self.state, self.state.metrics
+        if self._cancel_next:  # cancelled before it started: answer so, and call no upstream
+            self._cancel_next = False
+            metadata = framing.cancelled_metadata("", request.model, Metrics(), request.request_id)
+            metrics.outcomes.labels(TRANSPORT, "CANCELLED").inc()
+            await ws.send_str(framing.ws_complete("", metadata))
+            return
         try:
             state.refuse_if_draining()
             core = await state.client.open(request, self.authorization)
@@ -100,6 +111,9 @@ class Session:
                 await ws.close(code=WS_CLOSE[error.code], message=error.message[:120].encode())
             return
         self.current = OpenStream(core)
+        if self._cancel_next:  # the client cancelled while the core admitted it
+            self._cancel_next = False
+            self.current.end(CANCELLED)
 
         async def chunk(content: str) -> None:
             await ws.send_str(framing.ws_chunk(content))

@@ -105,6 +105,21 @@ async def test_cancel_stops_the_stream_and_closes_the_upstream(
     assert after[-1]["type"] == "complete"
 
 
+async def test_a_cancel_sent_before_the_stream_is_admitted_still_stops_it(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=200, delay=0.05, first_token_delay=0.2)
+    async with http.ws_connect(f"{bridge.url}/query/ws") as ws:
+        await ws.send_str(json.dumps({"query": "hi"}))
+        await ws.send_str(json.dumps({"type": "cancel"}))  # on its heels: the core has not admitted it yet
+        messages = await _until_final(ws)
+
+    assert [m["type"] for m in messages] == ["complete"]
+    assert messages[0]["metadata"]["finish_reason"] == "cancelled"
+    await eventually(lambda: upstream.counters.active == 0, within=2.0)
+    assert upstream.counters.finished == 0, "the upstream never ran to its end for a cancelled query"
+
+
 async def test_a_failure_ends_the_query_with_an_error_message(
     bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
 ) -> None:
