@@ -130,9 +130,9 @@ class GatewayStream(AsyncIterator[Event]):
         self.model = model
         self._events: AsyncGenerator[Event, None] | None = None
         self._abort: StreamError | None = None
-        # One lazy timer bounds every wait on the upstream (see `_wait`): a token only moves
-        # `_limit`; the timer, when it fires early, re-arms itself at the current limit.
-        self._loop = asyncio.get_running_loop()
+        # One lazy timer bounds every wait on the upstream (see `_run` and ARCHITECTURE.md): a token
+        # only moves `_limit`; the timer, when it fires early, re-arms itself at the current limit.
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that runs `_run`
         self._waiter: asyncio.Task[object] | None = None  # the task waiting on the upstream, while it waits
         self._limit = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -178,12 +178,14 @@ class GatewayStream(AsyncIterator[Event]):
         if timer is None or timer.when() > limit:
             if timer is not None:
                 timer.cancel()
+            assert self._loop is not None
             self._timer = self._loop.call_at(limit, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self._waiter is None:
             return  # not waiting on the upstream: the next wait checks its limit and arms again
+        assert self._loop is not None
         if self._loop.time() < self._limit:  # a token came since this timer was set
             self._timer = self._loop.call_at(self._limit, self._on_timer)
             return
@@ -253,7 +255,7 @@ class GatewayStream(AsyncIterator[Event]):
         config = self._gateway.config
         provider = self._gateway.provider
         request = self.request
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         clock = self._clock
         start = loop.time()
         timeout = min(request.timeout or config.stream_timeout, config.stream_timeout)

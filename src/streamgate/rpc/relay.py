@@ -194,7 +194,11 @@ class RelaySession:
             raise invalid(f"stream id {stream_id} is already open on this call")
         task = asyncio.create_task(self._serve(stream_id, command.open))
         self._tasks[stream_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))
+        task.add_done_callback(lambda done: self._forget(stream_id, done))
+
+    def _forget(self, stream_id: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(stream_id) is task:  # not a later stream that reused the id
+            del self._tasks[stream_id]
 
     async def _serve(self, stream_id: int, command: pb.RelayOpen) -> None:
         outbox = self._outbox
