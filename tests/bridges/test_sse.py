@@ -321,3 +321,18 @@ async def test_upstream_text_that_is_not_valid_unicode_arrives_replaced_not_lost
     assert [e["content"] for e in events[:-1]] == ["ok ", "bad \ufffd ", "end"]
     assert events[-1]["is_final"] and "error" not in events[-1], events[-1]
     assert events[-1]["metadata"]["final_response"] == "ok bad \ufffd end"
+
+
+async def test_many_large_requests_at_once_all_stream(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    """20 requests near the body limit (1 MiB) reach the core together: more than one gRPC message
+    (16 MiB) can hold, so the bridge must split them, not lose the link for every stream on it."""
+    upstream.default = Scenario(tokens=3)
+    query = "word " * (900 * 1024 // 5)
+
+    results = await asyncio.gather(*(_frames(http, bridge, json={"query": query}) for _ in range(20)))
+
+    for events in results:
+        assert events[-1]["is_final"] and "error" not in events[-1], events[-1].get("error")
+        assert "".join(e["content"] for e in events[:-1]) == "".join(token(i) for i in range(3))
