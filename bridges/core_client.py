@@ -30,8 +30,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from streamgate.core import Chunk, ErrorCode, Event, Failure, Metrics, StreamError, Usage
-from streamgate.rpc.convert import event_from_proto
-from streamgate.rpc.status import ERROR_CODE, error_from_status
+from streamgate.rpc.convert import error_from_proto, event_from_proto
+from streamgate.rpc.status import error_from_status
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
@@ -266,9 +266,7 @@ class _Link:
                     elif kind == "admitted":
                         stream._admit(frame.admitted.request_id)
                     elif kind == "refused":
-                        r = frame.refused
-                        code = ERROR_CODE.get(r.code, ErrorCode.INTERNAL)
-                        stream._refuse(StreamError(code, r.message, retryable=r.retryable))
+                        stream._refuse(error_from_proto(frame.refused))
                         del streams[frame.stream_id]
         except grpc.aio.AioRpcError as exc:
             error = _link_error(exc.code(), exc.details())

@@ -90,6 +90,15 @@ def event_to_proto(event: Event) -> pb.GenerateResponse:
     return pb.GenerateResponse(error=failure_to_proto(event))
 
 
+def error_to_proto(error: StreamError) -> pb.Error:
+    """The error alone (a refusal): code, message, retryable."""
+    return pb.Error(code=PROTO_CODE[error.code], message=error.message, retryable=error.retryable)
+
+
+def error_from_proto(error: pb.Error) -> StreamError:
+    return StreamError(ERROR_CODE.get(error.code, ErrorCode.INTERNAL), error.message, retryable=error.retryable)
+
+
 def failure_to_proto(event: Failure) -> pb.Error:
     return pb.Error(
         code=PROTO_CODE[event.error.code],
@@ -132,7 +141,7 @@ def event_from_proto(response: pb.GenerateResponse) -> Event:
     if kind == "error":
         e = response.error
         return Failure(
-            error=StreamError(ERROR_CODE.get(e.code, ErrorCode.INTERNAL), e.message, retryable=e.retryable),
+            error=error_from_proto(e),
             partial_text=e.partial_text,
             model=e.model,
             usage=_usage_from(e.usage),

@@ -35,8 +35,8 @@ from streamgate.core.auth import Keyring
 from streamgate.core.errors import invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
-from .convert import event_to_proto, request_from_proto
-from .status import GRPC_STATUS, PROTO_CODE
+from .convert import error_to_proto, event_to_proto, request_from_proto
+from .status import GRPC_STATUS
 
 logger = logging.getLogger("streamgate.rpc")
 
@@ -46,10 +46,6 @@ RELAY_PAUSE = 0.001
 BATCH_BYTES = 4 * 1024 * 1024
 
 RelayContext = grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse]
-
-
-def _refused(error: StreamError) -> pb.Error:
-    return pb.Error(code=PROTO_CODE[error.code], message=error.message, retryable=error.retryable)
 
 
 class _Outbox:
@@ -208,7 +204,7 @@ class RelaySession:
                 principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
                 stream = self._gateway.open(request_from_proto(command.request, principal))
             except StreamError as error:
-                outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(error)), urgent=True)
+                outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
                 return
             request_id = stream.request.request_id
             admitted = pb.RelayAdmitted(request_id=request_id)
@@ -229,9 +225,9 @@ class RelaySession:
                 return
             internal = StreamError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
             if request_id is None:
-                outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=_refused(internal)))
+                outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(internal)))
             else:
-                final = _refused(internal)
+                final = error_to_proto(internal)
                 final.request_id = request_id
                 outbox.frame(pb.RelayFrame(stream_id=stream_id, event=pb.GenerateResponse(error=final)))
 
@@ -244,15 +240,14 @@ class RelaySession:
             self._handler.cancel()
 
     async def _write(self) -> None:
-        context = self._context
-        while (frames := await self._outbox.take()) is not None:
+        context, outbox = self._context, self._outbox
+        while (frames := await outbox.take()) is not None:
             await context.write(pb.RelayResponse(frames=frames))
             # At most one write a millisecond: what arrives meanwhile shares the next message.
             # A write costs about 50-80 µs of CPU on each side whatever it carries; at 400 paced
             # streams this cut server CPU per token by about a third (benchmarks, A/B). A frame
             # waits at most this long; the first frame after a quiet spell goes out at once, and
             # so does one that starts a stream (time to first token).
-            outbox = self._outbox
             if not outbox.urgent.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(RELAY_PAUSE):
