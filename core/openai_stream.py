@@ -31,6 +31,10 @@ _HTTP: dict[int, tuple[ErrorCode, bool, str]] = {
     429: (ErrorCode.RESOURCE_EXHAUSTED, True, "the upstream is rate limiting"),
 }
 BROKE_OFF = "the upstream stream broke off"
+#: Seconds a finished stream's connection may take to end its body before it is closed instead of reused.
+DRAIN_S = 1.0
+#: Finished responses whose body's end is still on its way (a strong reference to each drain task).
+_draining: set[asyncio.Task[None]] = set()
 
 
 def _http_error(status: int, body: bytes) -> StreamError:
@@ -149,7 +153,7 @@ async def stream_chat(
         response = await session.post(url, json=body, headers=headers)
     except (aiohttp.ClientError, OSError) as exc:
         raise StreamError(ErrorCode.UNAVAILABLE, f"cannot reach the upstream: {exc}", retryable=True) from exc
-    finished = False
+    finished = clean = False
     pending = b""
     try:
         if response.status != 200:
@@ -165,6 +169,7 @@ async def stream_chat(
                 if error is not None:
                     raise error
                 if done:
+                    clean = True
                     return
         except aiohttp.ClientPayloadError as exc:
             deltas, _, _ = _deltas((pending + _received(response.content)).split(b"\n")[:-1])
@@ -176,8 +181,28 @@ async def stream_chat(
     except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
         raise StreamError(ErrorCode.UNAVAILABLE, f"{BROKE_OFF}: {type(exc).__name__}", retryable=True) from exc
     finally:
-        # Whatever ended the stream, the request ends here: an unread body means the connection is closed.
+        # Whatever ended the stream, the request ends here. An unread body means the connection is
+        # closed, unless the stream ended cleanly with `[DONE]`: then only the body's end (chunked
+        # encoding's last chunk) is left, usually a packet behind, and the connection is kept for
+        # the next stream once it comes. A new connection costs that stream a connect before its
+        # first token, and with a real provider a TLS handshake too.
         if response.content.at_eof():
             response.release()
+        elif clean:
+            drain = asyncio.get_running_loop().create_task(_release_at_end(response))
+            _draining.add(drain)
+            drain.add_done_callback(_draining.discard)
         else:
             response.close()
+
+
+async def _release_at_end(response: aiohttp.ClientResponse) -> None:
+    """Back to the pool once the body has ended (within `DRAIN_S`); anything else closes the connection."""
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            while await response.content.readany():
+                pass  # nothing should follow [DONE]; whatever does is dropped
+    except BaseException:
+        response.close()
+        raise
+    response.release()

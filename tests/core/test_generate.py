@@ -6,6 +6,7 @@ import grpc
 import litellm
 import pytest
 
+from streamgate.core import openai_stream
 from streamgate.testing.upstream import FakeUpstream, Scenario, token
 from streamgate.v1 import streamgate_pb2 as pb
 from tests.conftest import Client, CoreFactory, collect
@@ -128,3 +129,36 @@ async def test_the_embedded_model_streams_at_its_configured_pace(make_core: Core
     rate = result.completion.metrics.tokens_per_second
     assert 60 < rate < 130, rate
     assert result.completion.metrics.duration_ms > 250
+
+
+@pytest.mark.parametrize("end_delay", [0.0, 0.05])
+async def test_streams_one_after_another_reuse_one_upstream_connection(
+    client: Client, upstream: FakeUpstream, end_delay: float
+) -> None:
+    # A new connection per stream costs every stream a connect (and, to a real provider, a TLS
+    # handshake) before its first token: the core keeps the connection of a stream that ended,
+    # even when the body's end comes a while after `[DONE]`.
+    upstream.default = Scenario(tokens=8, end_delay=end_delay)
+    for _ in range(5):
+        result = await collect(client.stub, pb.GenerateRequest(query="Say something"))
+        assert result.code == grpc.StatusCode.OK
+        assert result.completion.finish_reason == "stop"
+        await upstream.wait_idle()
+
+    assert upstream.counters.finished == 5
+    assert upstream.counters.connections == 1
+
+
+async def test_a_body_that_never_ends_after_done_is_closed_without_holding_the_stream(
+    client: Client, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=8, end_delay=3600)
+
+    result = await collect(client.stub, pb.GenerateRequest(query="Say something"))
+
+    # The final frame does not wait for the body's end; the connection is closed once it is overdue.
+    assert result.completion.finish_reason == "stop"
+    assert result.completion.metrics.duration_ms < openai_stream.DRAIN_S * 1000
+    assert upstream.counters.active == 1
+    await upstream.wait_idle(timeout=openai_stream.DRAIN_S + 2)
+    assert upstream.counters.disconnects == 1

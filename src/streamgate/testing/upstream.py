@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,8 @@ class Scenario:
     send_usage: bool = True
     #: Echo this model name in chunks; defaults to the requested one.
     model: str | None = None
+    #: Seconds between `data: [DONE]` and the end of the body (a real server's last packet may lag).
+    end_delay: float = 0.0
     #: The tokens' text, in turn, instead of the default words (JSON escapes any text, even a lone surrogate).
     words: tuple[str, ...] = ()
 
@@ -92,6 +95,8 @@ class Counters:
     finished: int = 0
     disconnects: int = 0
     active: int = 0
+    #: TCP connections that carried a request: fewer than `started` when clients reuse connections.
+    connections: int = 0
     #: The last request bodies received, newest last.
     bodies: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
 
@@ -113,6 +118,7 @@ class FakeUpstream:
         self._idle = asyncio.Event()
         self._idle.set()
         self._failed: dict[str, int] = {}
+        self._connections: weakref.WeakSet[object] = weakref.WeakSet()
 
     @property
     def api_base(self) -> str:
@@ -139,13 +145,22 @@ class FakeUpstream:
         await asyncio.wait_for(self._idle.wait(), timeout)
 
     async def _counters(self, request: web.Request) -> web.Response:
-        """What tests in other languages check: started, finished, disconnects, active."""
+        """What tests in other languages and benchmarks check: started, finished, disconnects, active, connections."""
         c = self.counters
         return web.json_response(
-            {"started": c.started, "finished": c.finished, "disconnects": c.disconnects, "active": c.active}
+            {
+                "started": c.started,
+                "finished": c.finished,
+                "disconnects": c.disconnects,
+                "active": c.active,
+                "connections": c.connections,
+            }
         )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        if request.transport is not None and request.transport not in self._connections:
+            self._connections.add(request.transport)
+            self.counters.connections += 1
         body = await request.json()
         self.counters.bodies.append(body)
         scenario = self.scenarios.get(str(body.get("model", "")), self.default)
@@ -241,6 +256,8 @@ class FakeUpstream:
             }
             await response.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
+        if sc.end_delay:
+            await asyncio.sleep(sc.end_delay)
         await response.write_eof()
         return response
 
