@@ -51,6 +51,9 @@ class LiteLLMConfig:
     #: On the lean path, send the tokens that were already waiting together as one chunk: a stream
     #: whose reader fell behind catches up at once (chunk boundaries then differ, never the text).
     coalesce: bool = True
+    #: On the lean path, keep a spare idle connection open ahead of the streams to each upstream, so
+    #: that a new stream finds one instead of paying a connect (and TLS handshake) before its first token.
+    preconnect: bool = True
     #: Pace of the embedded default model, in tokens per second (0: as fast as it can).
     embedded_tokens_per_second: float = 30.0
 

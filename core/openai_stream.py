@@ -202,7 +202,10 @@ async def _release_at_end(response: aiohttp.ClientResponse) -> None:
         async with asyncio.timeout(DRAIN_S):
             while await response.content.readany():
                 pass  # nothing should follow [DONE]; whatever does is dropped
-    except BaseException:
+    except asyncio.CancelledError:  # the loop is closing
         response.close()
         raise
+    except Exception:  # overdue, or the connection failed or was closed (the provider's session closing)
+        response.close()
+        return
     response.release()

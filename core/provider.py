@@ -14,6 +14,7 @@ from . import embedded, openai_stream
 from .config import LiteLLMConfig
 from .errors import StreamError, invalid
 from .model import GenerationParameters, StreamRequest, Usage
+from .preconnect import Preconnect
 from .translate import translate
 from .upstream import Delta
 
@@ -34,6 +35,7 @@ class LiteLLMProvider:
         #: OpenAI-compatible models: name at the upstream, key and base URL litellm found for them.
         self._lean: dict[str, tuple[str, str | None, str | None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._preconnect = Preconnect() if self.config.preconnect else None
         self._unpriced: set[str] = set()
         # Fail at start-up, not on the first request, when a configured model is unknown.
         self.resolve_model(None)
@@ -83,7 +85,10 @@ class LiteLLMProvider:
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
                 auto_decompress=False,
+                trace_configs=[self._preconnect.trace] if self._preconnect is not None else None,
             )
+            if self._preconnect is not None:
+                self._preconnect.attach(self._session)
         return self._session
 
     def _stream_lean(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
@@ -102,6 +107,8 @@ class LiteLLMProvider:
 
     async def close(self) -> None:
         """Close the connections of the lean path."""
+        if self._preconnect is not None:
+            await self._preconnect.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -33,6 +33,14 @@ def _add(parser: argparse._ActionsContainer, flag: str, kind: Callable[[str], An
     )
 
 
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "true", "1", "yes"):
+        return True
+    if text.lower() in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+
+
 def _optional_port(text: str) -> int | None:
     return None if text.lower() in ("", "off", "none") else int(text)
 
@@ -62,6 +70,7 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "--retries", int, 2, "tries of a model again when it fails before its first token")
     _add(group, "--fallback-models", _comma_list, (), "comma-separated models tried in order when the model fails")
     _add(group, "--tokens-per-second", float, 30.0, "pace of the embedded default model (0: unpaced)")
+    _add(group, "--preconnect", _on_off, True, "keep a spare upstream connection open ahead of new streams (on/off)")
 
 
 def _core_flags(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +165,7 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         fallback_models=args.fallback_models,
         max_streams_per_key=args.max_streams_per_key,
         allowed_models=args.allowed_models,
+        preconnect=args.preconnect,
     )
     keyring = Keyring()
     if args.api_keys:
@@ -209,6 +219,7 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "drain_grace",
         "api_keys_file",
         "max_streams_per_key",
+        "preconnect",
     )
     argv = []
     for name in names:

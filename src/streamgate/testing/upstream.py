@@ -145,6 +145,11 @@ class FakeUpstream:
         """Wait until no request is being answered."""
         await asyncio.wait_for(self._idle.wait(), timeout)
 
+    @property
+    def open_connections(self) -> int:
+        """TCP connections open to this upstream now, busy or idle."""
+        return len(self._runner.server.connections) if self._runner is not None and self._runner.server else 0
+
     async def _counters(self, request: web.Request) -> web.Response:
         """What tests in other languages and benchmarks check: started, finished, disconnects, active, connections."""
         c = self.counters
