@@ -196,13 +196,25 @@ async def stream_chat(
             response.close()
 
 
+def draining() -> int:
+    """Finished responses still waiting for their body's end."""
+    return len(_draining)
+
+
+async def stop_draining() -> None:
+    """Close the connections still waiting for their body's end (the provider is closing)."""
+    for task in list(_draining):
+        task.cancel()
+    await asyncio.gather(*_draining, return_exceptions=True)
+
+
 async def _release_at_end(response: aiohttp.ClientResponse) -> None:
     """Back to the pool once the body has ended (within `DRAIN_S`); anything else closes the connection."""
     try:
         async with asyncio.timeout(DRAIN_S):
             while await response.content.readany():
                 pass  # nothing should follow [DONE]; whatever does is dropped
-    except asyncio.CancelledError:  # the loop is closing
+    except asyncio.CancelledError:  # the provider or the loop is closing
         response.close()
         raise
     except Exception:  # overdue, or the connection failed or was closed (the provider's session closing)

@@ -109,6 +109,7 @@ class LiteLLMProvider:
         """Close the connections of the lean path."""
         if self._preconnect is not None:
             await self._preconnect.close()
+        await openai_stream.stop_draining()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -153,7 +153,7 @@ async def test_streams_one_after_another_reuse_one_upstream_connection(
 
 
 async def test_a_body_that_never_ends_after_done_is_closed_without_holding_the_stream(
-    client: Client, upstream: FakeUpstream
+    client: Client, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream.default = Scenario(tokens=8, end_delay=3600)
 
@@ -165,6 +165,9 @@ async def test_a_body_that_never_ends_after_done_is_closed_without_holding_the_s
     assert upstream.counters.active == 1
     await upstream.wait_idle(timeout=openai_stream.DRAIN_S + 2)
     assert upstream.counters.disconnects == 1
+    gc.collect()  # a task whose failure nobody read is reported when it is collected
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_a_core_stopped_while_a_connection_waits_for_its_end_logs_no_error(
@@ -175,11 +178,13 @@ async def test_a_core_stopped_while_a_connection_waits_for_its_end_logs_no_error
     async with grpc.aio.insecure_channel(core.address) as channel:
         result = await collect(pb_grpc.StreamGateServiceStub(channel), pb.GenerateRequest(query="hi"))
     assert result.completion.finish_reason == "stop"
+    assert openai_stream.draining() == 1
 
     await core.stop(grace=0)  # closes the upstream connections, the one still waiting for its end too
-    await upstream.wait_idle(timeout=2)
+    await upstream.wait_idle(timeout=openai_stream.DRAIN_S / 2)  # at once, not when overdue
     gc.collect()  # a task whose failure nobody read is reported when it is collected
     await asyncio.sleep(0)
 
     assert upstream.counters.disconnects == 1
+    assert openai_stream.draining() == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
