@@ -33,8 +33,6 @@ _HTTP: dict[int, tuple[ErrorCode, bool, str]] = {
 BROKE_OFF = "the upstream stream broke off"
 #: Seconds a finished stream's connection may take to end its body before it is closed instead of reused.
 DRAIN_S = 1.0
-#: Finished responses whose body's end is still on its way (a strong reference to each drain task).
-_draining: set[asyncio.Task[None]] = set()
 
 
 def _http_error(status: int, body: bytes) -> StreamError:
@@ -138,13 +136,23 @@ def _emit(deltas: list[Delta], coalesce: bool) -> list[Delta]:
 
 
 async def stream_chat(
-    session: aiohttp.ClientSession, url: str, api_key: str | None, body: dict[str, Any], *, coalesce: bool = True
+    session: aiohttp.ClientSession,
+    url: str,
+    api_key: str | None,
+    body: dict[str, Any],
+    *,
+    coalesce: bool = True,
+    draining: set[asyncio.Task[None]] | None = None,
 ) -> AsyncGenerator[Delta, None]:
     """Deltas of one streamed chat completion. Closing the generator closes the HTTP request.
 
     With `coalesce`, the lines that were already waiting together when read
     become one delta: a reader that keeps up gets one delta a token, one that
     fell behind catches up in one step instead of paying for every token.
+
+    `draining` holds the tasks that wait for a finished response's last bytes before its connection
+    goes back to the pool (see below); without it, such a connection is closed. Its owner stops them
+    with `stop_draining` before closing the session.
     """
     headers = {"Accept": "text/event-stream"}
     if api_key:
@@ -188,24 +196,21 @@ async def stream_chat(
         # first token, and with a real provider a TLS handshake too.
         if response.content.at_eof():
             response.release()
-        elif clean:
+        elif clean and draining is not None:
             drain = asyncio.get_running_loop().create_task(_release_at_end(response))
-            _draining.add(drain)
-            drain.add_done_callback(_draining.discard)
+            draining.add(drain)
+            drain.add_done_callback(draining.discard)
         else:
             response.close()
 
 
-def draining() -> int:
-    """Finished responses still waiting for their body's end."""
-    return len(_draining)
-
-
-async def stop_draining() -> None:
-    """Close the connections still waiting for their body's end (the provider is closing)."""
-    for task in list(_draining):
+async def stop_draining(draining: set[asyncio.Task[None]]) -> None:
+    """Close the connections still waiting for their body's end (their session is closing)."""
+    loop = asyncio.get_running_loop()
+    mine = [task for task in draining if task.get_loop() is loop]  # another loop's are its own to stop
+    for task in mine:
         task.cancel()
-    await asyncio.gather(*_draining, return_exceptions=True)
+    await asyncio.gather(*mine, return_exceptions=True)
 
 
 async def _release_at_end(response: aiohttp.ClientResponse) -> None:

@@ -25,6 +25,9 @@ import aiohttp
 
 logger = logging.getLogger("streamgate.core")
 
+#: Seconds a spare connection may take to open, name lookup and TLS handshake included.
+CONNECT_S = 10.0
+
 
 class Preconnect:
     """Pass `trace` to the session; `attach(session)` then keeps a spare connection to each upstream."""
@@ -79,11 +82,15 @@ class Preconnect:
     async def _open(self, session: aiohttp.ClientSession, request: aiohttp.ClientRequest, key: object) -> None:
         try:
             if session.connector is not None:
-                # The pool is empty (checked just now), so this opens a new connection.
-                connection = await session.connector.connect(request, [], session.timeout)
+                # The pool is empty (checked just now), so this opens a new connection. Bounded as a
+                # whole (name lookup included): a stuck one would hold back every later spare.
+                async with asyncio.timeout(CONNECT_S):
+                    connection = await session.connector.connect(request, [], session.timeout)
                 connection.release()  # into the pool, idle, for the next request
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             logger.debug("could not open a spare connection to %s: %s", request.url, exc)
+        except Exception:  # a bug here must not go unseen, nor reach the streams
+            logger.exception("opening a spare connection to %s failed", request.url)
         finally:
             self._opening.discard(key)
 
@@ -93,7 +100,7 @@ class Preconnect:
 
     async def close(self) -> None:
         """Stop opening spares (before the session closes)."""
+        self._session = None  # first: a request that gets its connection meanwhile starts none
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._session = None

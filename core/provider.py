@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncGenerator
@@ -36,6 +37,8 @@ class LiteLLMProvider:
         self._lean: dict[str, tuple[str, str | None, str | None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._preconnect = Preconnect() if self.config.preconnect else None
+        #: Finished lean-path responses waiting for their body's end, to give their connection back.
+        self.draining: set[asyncio.Task[None]] = set()
         self._unpriced: set[str] = set()
         # Fail at start-up, not on the first request, when a configured model is unknown.
         self.resolve_model(None)
@@ -103,16 +106,20 @@ class LiteLLMProvider:
         }
         api_key = self.config.api_key or key or os.environ.get("OPENAI_API_KEY")
         url = (base or DEFAULT_OPENAI_BASE).rstrip("/") + "/chat/completions"
-        return openai_stream.stream_chat(self._session_for_loop(), url, api_key, body, coalesce=self.config.coalesce)
+        return openai_stream.stream_chat(
+            self._session_for_loop(), url, api_key, body, coalesce=self.config.coalesce, draining=self.draining
+        )
 
     async def close(self) -> None:
         """Close the connections of the lean path."""
-        if self._preconnect is not None:
-            await self._preconnect.close()
-        await openai_stream.stop_draining()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        try:
+            if self._preconnect is not None:
+                await self._preconnect.close()
+            await openai_stream.stop_draining(self.draining)
+        finally:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
 
     async def _stream_litellm(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
         kwargs = self._kwargs(request, model)

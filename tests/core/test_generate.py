@@ -10,7 +10,7 @@ import grpc
 import litellm
 import pytest
 
-from streamgate.core import openai_stream
+from streamgate.core import LiteLLMProvider, openai_stream
 from streamgate.testing.upstream import FakeUpstream, Scenario, token
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
@@ -178,7 +178,9 @@ async def test_a_core_stopped_while_a_connection_waits_for_its_end_logs_no_error
     async with grpc.aio.insecure_channel(core.address) as channel:
         result = await collect(pb_grpc.StreamGateServiceStub(channel), pb.GenerateRequest(query="hi"))
     assert result.completion.finish_reason == "stop"
-    assert openai_stream.draining() == 1
+    provider = core.gateway.provider
+    assert isinstance(provider, LiteLLMProvider)
+    assert len(provider.draining) == 1
 
     await core.stop(grace=0)  # closes the upstream connections, the one still waiting for its end too
     await upstream.wait_idle(timeout=openai_stream.DRAIN_S / 2)  # at once, not when overdue
@@ -186,5 +188,5 @@ async def test_a_core_stopped_while_a_connection_waits_for_its_end_logs_no_error
     await asyncio.sleep(0)
 
     assert upstream.counters.disconnects == 1
-    assert openai_stream.draining() == 0
+    assert not provider.draining
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
