@@ -127,3 +127,16 @@ def test_bridge_flags_reach_the_bridge_config() -> None:
 
     assert config.core == "10.0.0.1:7000"
     assert config.cors_origins == ("https://a.example", "https://b.example")
+
+
+def test_preconnect_flag_variable_and_the_serve_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = cli.build_parser()
+    assert cli._core_configs(parser.parse_args(["core"]))[0].preconnect is True
+    assert cli._core_configs(parser.parse_args(["core", "--preconnect", "off"]))[0].preconnect is False
+    monkeypatch.setenv("STREAMGATE_PRECONNECT", "off")
+    serve = cli.build_parser().parse_args(["serve"])
+    # `serve` starts the core as a child with these flags: the setting must reach it.
+    child = cli.build_parser().parse_args(["core", *cli._core_argv(serve)])
+    assert cli._core_configs(child)[0].preconnect is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["core", "--preconnect", "maybe"])
