@@ -19,9 +19,12 @@ import asyncio
 import logging
 from collections.abc import Sized
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from yarl import URL  # aiohttp's URL type
 
 logger = logging.getLogger("streamgate.core")
 
@@ -53,7 +56,14 @@ class Preconnect:
         context.preconnect_url = params.url  # the connection signals that follow carry no URL
 
     async def _connection_taken(self, session: aiohttp.ClientSession, context: SimpleNamespace, params: Any) -> None:
-        url = getattr(context, "preconnect_url", None)
+        # Called inside the stream's own request: an error here would fail the stream, for a mere
+        # optimisation. So none gets out.
+        try:
+            self._after_taken(session, getattr(context, "preconnect_url", None))
+        except Exception:
+            logger.exception("preconnect: cannot tell whether a spare connection is needed")
+
+    def _after_taken(self, session: aiohttp.ClientSession, url: URL | None) -> None:
         if url is None or session is not self._session or session.closed:
             return
         origin = str(url.origin())

@@ -107,3 +107,21 @@ async def test_preconnect_off_opens_no_spare(make_core: CoreFactory, upstream: F
         with pytest.raises(AssertionError):
             await eventually(lambda: upstream.open_connections > 1, within=0.3)
         call.cancel()
+
+
+async def test_a_fault_in_preconnect_never_fails_the_stream(
+    upstream: FakeUpstream,
+    preconnected: tuple[aiohttp.ClientSession, Preconnect, _Connections],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(session: aiohttp.ClientSession, key: object) -> int:
+        raise RuntimeError("a bug in the spare's bookkeeping")
+
+    monkeypatch.setattr(Preconnect, "_idle", staticmethod(broken))
+    session, _, _ = preconnected
+
+    async with await _post(session, f"{upstream.api_base}/chat/completions") as response:
+        assert response.status == 200
+        assert b"data: [DONE]" in await response.read()
+    assert "cannot tell whether a spare connection is needed" in caplog.text
