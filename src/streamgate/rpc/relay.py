@@ -16,6 +16,14 @@ that falls behind gets fewer, larger messages, and the outbox holds at most
 one chunk per stream: its text is the stream's own output, which the
 gateway keeps for the final event anyway.
 
+Flow control: every buffer has a bound. A stream whose text waiting in the
+outbox is over `STREAM_BYTES`, or any stream while the whole outbox is over
+`OUTBOX_BYTES`, waits for the writer before it takes its next event, so the
+upstream is read no faster than the link drains; and the call stops reading
+commands while the outbox is over `OUTBOX_BYTES`, so a client that does not
+read cannot make the core buffer more: gRPC's own flow control then pushes
+back on it. Under the bounds, the path of a chunk has no await of its own.
+
 Cancellation: a `RelayCancel` cancels the stream's task; the CancelledError
 runs through `async with stream`, which closes the upstream request. When
 the call ends (the bridge closed it or went away), every stream task it
@@ -44,74 +52,150 @@ logger = logging.getLogger("streamgate.rpc")
 RELAY_PAUSE = 0.001
 #: A batch stops growing past this many bytes: well under the 16 MiB a gRPC message may have.
 BATCH_BYTES = 4 * 1024 * 1024
+#: What the outbox of one call may hold (about one more batch than the one being written). Over it,
+#: the call reads no more commands and every stream waits for the writer before its next event.
+OUTBOX_BYTES = BATCH_BYTES
+#: What one stream may have waiting in the outbox (its text, merged or not). Over it, that stream
+#: waits for the writer before it takes its next event: the upstream is then read no faster than the
+#: link drains. A sixteenth of a batch: far above what a stream that keeps up has waiting (one
+#: millisecond of tokens), and 16 such streams still fit in one batch.
+STREAM_BYTES = BATCH_BYTES // 16
+#: Opens in one request whose tasks may be created before the handler lets them run (each refusal
+#: or admission then puts its frame in the outbox, and the outbox's bound holds the next ones back).
+OPENS_PER_YIELD = 64
 
 RelayContext = grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse]
 
 
-class _Outbox:
-    """Frames waiting to be written, in order per stream; pending chunks of a stream merged into one."""
+class _Stream:
+    """A stream's place in the outbox: its id, its chunk still open for merging, its text waiting."""
 
-    __slots__ = ("_closed", "_frames", "_merge", "_open_chunk", "_ready", "urgent")
+    __slots__ = ("id", "open", "pending")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.open: _Item | None = None
+        #: Characters of this stream's text in the outbox (bytes, for ASCII).
+        self.pending = 0
+
+
+class _Item:
+    """A frame in the outbox: a `RelayFrame`, or a chunk (its text parts, merged when taken)."""
+
+    __slots__ = ("frame", "index", "parts", "size", "stream")
+
+    def __init__(self, stream: _Stream, frame: pb.RelayFrame | None, index: int, parts: list[str], size: int) -> None:
+        self.stream = stream
+        self.frame = frame
+        self.index = index
+        self.parts = parts
+        #: A frame's encoded size; a chunk's characters.
+        self.size = size
+
+
+class _Outbox:
+    """Frames waiting to be written, in order per stream; pending chunks of a stream merged into one.
+
+    Bounded: `chunk()` says when the stream must wait (`room()`) before its next event, and the
+    call reads no more commands while `full`.
+    """
+
+    __slots__ = ("_closed", "_items", "_merge", "_ready", "_took", "bound", "size", "stream_bound", "urgent")
 
     def __init__(self, merge: bool) -> None:
         self._merge = merge
-        self._frames: list[pb.RelayFrame | tuple[int, int, list[str]]] = []
-        #: stream id → the text parts of its chunk at the end of `_frames`, still open for merging
-        self._open_chunk: dict[int, list[str]] = {}
+        self._items: list[_Item] = []
         self._ready = asyncio.Event()
         #: Set by a frame that starts a stream (admitted, refused, first chunk): it skips the writer's pause.
         self.urgent = asyncio.Event()
+        #: Set each time the writer takes a batch: what waits for room looks again.
+        self._took = asyncio.Event()
         self._closed = False
+        #: Bytes waiting (a chunk's text counted in characters).
+        self.size = 0
+        self.bound = OUTBOX_BYTES
+        self.stream_bound = STREAM_BYTES
+
+    @property
+    def full(self) -> bool:
+        return self.size > self.bound
+
+    def pending(self, stream_id: int) -> int:
+        """Characters of text the stream has waiting (for tests; walks the outbox)."""
+        return sum(item.size for item in self._items if item.frame is None and item.stream.id == stream_id)
 
     def close(self) -> None:
         """No more frames: `take()` returns what is left, then None."""
         self._closed = True
         self._ready.set()
 
-    def frame(self, frame: pb.RelayFrame, urgent: bool = False) -> None:
-        self._open_chunk.pop(frame.stream_id, None)
-        self._frames.append(frame)
+    def frame(self, stream: _Stream, frame: pb.RelayFrame, urgent: bool = False) -> None:
+        stream.open = None
+        size = frame.ByteSize()
+        self._items.append(_Item(stream, frame, 0, [], size))
+        self.size += size
         self._ready.set()
         if urgent:
             self.urgent.set()
 
-    def chunk(self, stream_id: int, chunk: Chunk) -> None:
-        parts = self._open_chunk.get(stream_id)
-        if parts is not None and self._merge:
-            parts.append(chunk.content)
-            return
-        parts = [chunk.content]
-        self._open_chunk[stream_id] = parts
-        self._frames.append((stream_id, chunk.index, parts))
-        self._ready.set()
-        if chunk.index == 0:  # time to first token
-            self.urgent.set()
+    def chunk(self, stream: _Stream, chunk: Chunk) -> bool:
+        """Queue a chunk; True when the stream must wait for `room()` before its next event."""
+        content = chunk.content
+        n = len(content)
+        self.size += n
+        stream.pending += n
+        item = stream.open
+        if item is not None:
+            item.parts.append(content)
+            item.size += n
+        else:
+            item = _Item(stream, None, chunk.index, [content], n)
+            if self._merge:
+                stream.open = item
+            self._items.append(item)
+            self._ready.set()
+            if chunk.index == 0:  # time to first token
+                self.urgent.set()
+        return stream.pending > self.stream_bound or self.size > self.bound
+
+    async def room(self, stream: _Stream | None = None) -> None:
+        """Wait until the outbox is within its bound (and the stream, if given, within its own)."""
+        took = self._took
+        while self.size > self.bound or (stream is not None and stream.pending > self.stream_bound):
+            took.clear()
+            await took.wait()
 
     async def take(self) -> list[pb.RelayFrame] | None:
         """What is waiting, once there is something, up to about `BATCH_BYTES`; None once closed and empty."""
         await self._ready.wait()
-        frames = self._frames
-        if not frames:
+        items = self._items
+        if not items:
             return None  # closed
         size = count = 0
-        for item in frames:
-            size += item.ByteSize() if isinstance(item, pb.RelayFrame) else 16 + 4 * sum(map(len, item[2]))
+        for item in items:
+            # A chunk's characters are at most 4 bytes each in UTF-8.
+            size += item.size if item.frame is not None else 16 + 4 * item.size
             count += 1
             if size >= BATCH_BYTES:
                 break
-        taken, self._frames = frames[:count], frames[count:]
-        if not self._frames and not self._closed:
+        taken, self._items = (items, []) if count == len(items) else (items[:count], items[count:])
+        if not self._items and not self._closed:
             self._ready.clear()
         batch: list[pb.RelayFrame] = []
+        taken_size = 0
         for item in taken:
-            if isinstance(item, pb.RelayFrame):
-                batch.append(item)
-                continue
-            stream_id, index, parts = item
-            if self._open_chunk.get(stream_id) is parts:
-                del self._open_chunk[stream_id]  # on its way: later text starts a new chunk
-            chunk = pb.Chunk(content="".join(parts), index=index)
-            batch.append(pb.RelayFrame(stream_id=stream_id, event=pb.GenerateResponse(chunk=chunk)))
+            taken_size += item.size
+            frame = item.frame
+            if frame is None:
+                stream = item.stream
+                stream.pending -= item.size
+                if stream.open is item:
+                    stream.open = None  # on its way: later text starts a new chunk
+                chunk = pb.Chunk(content="".join(item.parts), index=item.index)
+                frame = pb.RelayFrame(stream_id=stream.id, event=pb.GenerateResponse(chunk=chunk))
+            batch.append(frame)
+        self.size -= taken_size
+        self._took.set()
         return batch
 
 
@@ -125,21 +209,31 @@ class RelaySession:
         self._outbox = _Outbox(merge=gateway.config.coalesce)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._handler: asyncio.Task[object] | None = None
-        self._reading = False  # waiting for commands: the only place `close()` may interrupt
+        self._reading = False  # waiting for commands (or for room to read them): where `close()` may interrupt
         self._closing = False
+        self._interrupted = False  # `close()` cancelled the handler
+
+    @property
+    def outbox(self) -> _Outbox:
+        """What waits to be written (tests look at its `size` and `pending()`)."""
+        return self._outbox
 
     def close(self) -> None:
         """Stop reading commands (the server is shutting down): the streams open now are served to
         their end, their last frames written, then the call ends with OK."""
-        if self._reading and not self._closing:
-            self._closing = True
+        if self._closing:
+            return
+        self._closing = True
+        if self._reading:
             assert self._handler is not None
-            self._handler.cancel()  # interrupts the read of the next command, nothing else
+            self._interrupted = True
+            self._handler.cancel()  # interrupts the wait for the next command, nothing else
 
     async def run(self) -> None:
         """Serve commands until the client ends the call; then cancel and await every stream."""
         self._handler = handler = asyncio.current_task()
         assert handler is not None
+        outbox = self._outbox
         writer = asyncio.create_task(self._write())
         writer.add_done_callback(self._writer_done)
         try:
@@ -147,19 +241,30 @@ class RelaySession:
                 while not self._closing:
                     self._reading = True
                     try:
+                        if outbox.full:
+                            # The client reads slower than its streams write: read no more commands
+                            # until the writer made room (gRPC's flow control then holds them back).
+                            await outbox.room()
+                            continue
                         request: object = await self._context.read()  # typed as the request, but EOF at the end
                     finally:
                         self._reading = False
                     if request is grpc.aio.EOF:
                         break
                     assert isinstance(request, pb.RelayRequest)
+                    opens = 0
                     try:
                         for command in request.commands:
-                            self._command(command)
+                            opens += self._command(command)
+                            if opens >= OPENS_PER_YIELD or outbox.full:
+                                if opens:
+                                    opens = 0
+                                    await asyncio.sleep(0)  # the streams opened so far start: their frames count
+                                await outbox.room()
                     except StreamError as error:  # the client broke the protocol: end the call, loudly
                         await self._context.abort(GRPC_STATUS[error.code], error.message)
             except asyncio.CancelledError:
-                if not self._closing or handler.uncancel() > 0:
+                if not self._interrupted or handler.uncancel() > 0:
                     raise
             # No more commands; serve the streams already open to their end.
             while self._tasks:
@@ -175,15 +280,16 @@ class RelaySession:
             writer.cancel()
             await asyncio.wait([writer])  # its own failure, if any, was logged by `_writer_done`
 
-    def _command(self, command: pb.RelayCommand) -> None:
-        """Start or cancel a stream; raises `StreamError(INVALID_ARGUMENT)` for a command that breaks the protocol."""
+    def _command(self, command: pb.RelayCommand) -> bool:
+        """Start (True) or cancel (False) a stream; raises `StreamError(INVALID_ARGUMENT)` for a command
+        that breaks the protocol."""
         stream_id = command.stream_id
         kind = command.WhichOneof("command")
         if kind == "cancel":
             task = self._tasks.get(stream_id)
             if task is not None:
                 task.cancel()
-            return
+            return False
         if kind != "open":
             raise invalid(f"stream {stream_id}: a command with neither open nor cancel")
         if stream_id in self._tasks:
@@ -191,6 +297,7 @@ class RelaySession:
         task = asyncio.create_task(self._serve(stream_id, command.open))
         self._tasks[stream_id] = task
         task.add_done_callback(lambda done: self._forget(stream_id, done))
+        return True
 
     def _forget(self, stream_id: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(stream_id) is task:  # not a later stream that reused the id
@@ -198,25 +305,27 @@ class RelaySession:
 
     async def _serve(self, stream_id: int, command: pb.RelayOpen) -> None:
         outbox = self._outbox
+        place = _Stream(stream_id)
         request_id, ended = None, False
         try:
             try:
                 principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
                 stream = self._gateway.open(request_from_proto(command.request, principal))
             except StreamError as error:
-                outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
+                outbox.frame(place, pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
                 return
             request_id = stream.request.request_id
             admitted = pb.RelayAdmitted(request_id=request_id)
-            outbox.frame(pb.RelayFrame(stream_id=stream_id, admitted=admitted), urgent=True)
+            outbox.frame(place, pb.RelayFrame(stream_id=stream_id, admitted=admitted), urgent=True)
             async with stream:
                 async for event in stream:
                     if isinstance(event, Chunk):
-                        outbox.chunk(stream_id, event)
+                        if outbox.chunk(place, event):
+                            await outbox.room(place)  # over a bound: the next event waits for the writer
                         continue
                     frame = pb.RelayFrame(stream_id=stream_id, event=event_to_proto(event))
                     ended = True
-                    outbox.frame(frame)
+                    outbox.frame(place, frame)
                     if isinstance(event, Failure):
                         return
         except Exception as exc:  # a bug: this stream ends with an error, the others on the call go on
@@ -225,11 +334,11 @@ class RelaySession:
                 return
             internal = StreamError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
             if request_id is None:
-                outbox.frame(pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(internal)))
+                outbox.frame(place, pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(internal)))
             else:
                 final = error_to_proto(internal)
                 final.request_id = request_id
-                outbox.frame(pb.RelayFrame(stream_id=stream_id, event=pb.GenerateResponse(error=final)))
+                outbox.frame(place, pb.RelayFrame(stream_id=stream_id, event=pb.GenerateResponse(error=final)))
 
     def _writer_done(self, writer: asyncio.Task[None]) -> None:
         """A writer that failed would leave every stream of the call without frames: end the call instead."""
