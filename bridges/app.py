@@ -72,7 +72,7 @@ def create_app(config: BridgeConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes)
 
     async def core_client(app: web.Application) -> AsyncIterator[None]:
-        client = CoreClient(config.core, coalesce=config.coalesce)
+        client = CoreClient(config.core, coalesce=config.coalesce, link_token=config.link_token)
         app[STATE] = BridgeState(config, client)
         yield
         await client.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,16 @@ class BridgeConfig:
     drain_grace: float = 10.0
     #: Chunks that waited together for a slow client go out as one frame (one write instead of many).
     coalesce: bool = True
+    #: Seconds a connection may take to send a whole request head (request line and headers), counted from
+    #: when it opens or its previous response ended; an idle kept-alive connection is closed after it too.
+    header_timeout: float = 10.0
+    #: Seconds a POST body may take to arrive once its head has; a slower one is answered 408 and closed.
+    body_timeout: float = 30.0
+    #: Seconds one write to an SSE or WebSocket client may wait on it (it stopped reading) before the
+    #: connection is dropped; what a finished response left unsent must also go within it.
+    write_stall_timeout: float = 30.0
+    #: The core's link token (STREAMGATE_LINK_TOKEN), sent with the `Relay` call; a secret, never shown.
+    link_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         host, sep, port = self.core.rpartition(":")
@@ -40,3 +50,7 @@ class BridgeConfig:
             raise ValueError("max_queued_queries must not be negative")
         if not (self.drain_grace >= 0 and math.isfinite(self.drain_grace)):
             raise ValueError(f"drain_grace must be a non-negative number of seconds, got {self.drain_grace}")
+        for name in ("header_timeout", "body_timeout", "write_stall_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")

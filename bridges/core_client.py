@@ -9,7 +9,13 @@ itself, with the text received so far.
 One call carries all streams (see `streamgate/rpc/relay.py` for why): a
 reader task hands each frame to its stream, a writer task sends the open and
 cancel commands in batches. A link that broke fails the streams it carried;
-the next `open()` starts a new one.
+the next `open()` starts a new one. The call carries the core's link token
+(`x-streamgate-link-token`): without it the core refuses the link.
+
+Flow control: the commands waiting for the writer are bounded
+(`COMMAND_BYTES`). A core that reads no more commands (it stops while its own
+outbox is full) holds the writer; then `open()` waits for room before it
+queues another, instead of the bridge buffering every request for it.
 
 Cancellation: `CoreStream.cancel()` sends a `RelayCancel` (the core closes
 the upstream request) and makes a consumer waiting in `events()` raise
@@ -40,13 +46,19 @@ logger = logging.getLogger("streamgate.bridge")
 CORE_UNAVAILABLE = "the core is unavailable"
 #: A batch of commands stops growing past this many bytes: well under the 16 MiB a gRPC message may have.
 BATCH_BYTES = 4 * 1024 * 1024
+#: What the commands waiting for the writer may hold (about one more batch than the one being written).
+#: Over it, `open()` waits until the writer took them (cancels never wait: they are small, one a stream).
+COMMAND_BYTES = BATCH_BYTES
+#: Metadata key of the core's link token (see `streamgate/rpc/servicer.py`).
+LINK_TOKEN_HEADER = "x-streamgate-link-token"
 LOST = StreamError(ErrorCode.UNAVAILABLE, "lost the connection to the core", retryable=True)
 
 
 def _link_error(code: grpc.StatusCode, details: str | None) -> StreamError:
     error = error_from_status(code, details)
-    if error.code is ErrorCode.UNAVAILABLE:
-        # grpc's own words about a connection that failed mean nothing to a browser
+    if error.code is ErrorCode.UNAVAILABLE or code is grpc.StatusCode.PERMISSION_DENIED:
+        # grpc's own words about a connection that failed mean nothing to a browser; nor does the
+        # core's refusal of the link (no link token, or another one): that is for the operator's log
         return StreamError(ErrorCode.UNAVAILABLE, CORE_UNAVAILABLE, retryable=True)
     return error
 
@@ -198,13 +210,16 @@ class CoreStream:
 class _Link:
     """One `Relay` call and the streams it carries."""
 
-    def __init__(self, stub: pb_grpc.StreamGateServiceAsyncStub, coalesce: bool) -> None:
-        self._call = stub.Relay()
+    def __init__(self, stub: pb_grpc.StreamGateServiceAsyncStub, coalesce: bool, link_token: str | None) -> None:
+        self._call = stub.Relay(metadata=((LINK_TOKEN_HEADER, link_token),) if link_token else None)
         self.coalesce = coalesce
         self._streams: dict[int, CoreStream] = {}
         self._ids = itertools.count(1)
-        self._commands: list[pb.RelayCommand] = []
+        self._commands: list[tuple[pb.RelayCommand, int]] = []  # and each one's size
+        #: Bytes of the commands waiting for the writer.
+        self.pending = 0
         self._ready = asyncio.Event()
+        self._took = asyncio.Event()  # set when the writer took commands, or the link broke
         self.broken: StreamError | None = None
         self._reader = asyncio.create_task(self._read())
         self._writer = asyncio.create_task(self._write())
@@ -225,8 +240,21 @@ class _Link:
     def forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
 
+    @property
+    def full(self) -> bool:
+        return self.pending > COMMAND_BYTES
+
+    async def room(self) -> None:
+        """Wait until the commands waiting are within `COMMAND_BYTES`, or the link broke."""
+        took = self._took
+        while self.full and self.broken is None:
+            took.clear()
+            await took.wait()
+
     def _send(self, command: pb.RelayCommand) -> None:
-        self._commands.append(command)
+        size = command.ByteSize()
+        self._commands.append((command, size))
+        self.pending += size
         self._ready.set()
 
     async def _write(self) -> None:
@@ -235,15 +263,17 @@ class _Link:
             while True:
                 await self._ready.wait()
                 commands, size, count = self._commands, 0, 0
-                for command in commands:  # a batch well under the 16 MiB a message may have
-                    size += command.ByteSize()
+                for _, command_size in commands:  # a batch well under the 16 MiB a message may have
+                    size += command_size
                     count += 1
                     if size >= BATCH_BYTES:
                         break
                 batch, self._commands = commands[:count], commands[count:]
                 if not self._commands:
                     self._ready.clear()
-                await call.write(pb.RelayRequest(commands=batch))
+                self.pending -= size
+                self._took.set()
+                await call.write(pb.RelayRequest(commands=[command for command, _ in batch]))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the call ended: the reader says why
         except Exception:  # a bug: end the call, so that the reader fails every stream instead of leaving it hanging
@@ -270,10 +300,13 @@ class _Link:
                         del streams[frame.stream_id]
         except grpc.aio.AioRpcError as exc:
             error = _link_error(exc.code(), exc.details())
-            if exc.code() is not grpc.StatusCode.CANCELLED:
+            if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
+                logger.error("the core refused the link: %s", exc.details())
+            elif exc.code() is not grpc.StatusCode.CANCELLED:
                 logger.warning("the link to the core broke: %s %s", exc.code().name, exc.details())
         finally:
             self.broken = error
+            self._took.set()  # an `open()` waiting for room: the link is gone
             self._call.cancel()  # whatever ended the reading (a bug included), the core must stop these streams
             self._writer.cancel()
             for stream in list(streams.values()):
@@ -289,10 +322,14 @@ class _Link:
 
 
 class CoreClient:
-    def __init__(self, address: str, *, coalesce: bool = True) -> None:
-        """`coalesce`: chunks that waited together (the reader was slower than the core) come as one."""
+    def __init__(self, address: str, *, coalesce: bool = True, link_token: str | None = None) -> None:
+        """`coalesce`: chunks that waited together (the reader was slower than the core) come as one.
+
+        `link_token`: the core's link token (STREAMGATE_LINK_TOKEN); the core refuses a link without it.
+        """
         self.address = address
         self._coalesce = coalesce
+        self._link_token = link_token
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[
@@ -316,7 +353,11 @@ class CoreClient:
         """
         link = self._link
         if link is None or link.broken is not None:
-            link = self._link = _Link(self._stub, self._coalesce)
+            link = self._link = _Link(self._stub, self._coalesce, self._link_token)
+        if link.full:  # the core reads commands slower than they come: wait for the writer
+            await link.room()
+            if link.broken is not None:
+                raise link.broken
         stream = link.open(request, authorization)
         await stream.admitted()
         return stream

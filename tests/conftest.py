@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,10 @@ from streamgate.rpc.server import CoreServer, CoreServerConfig
 from streamgate.testing.upstream import FakeUpstream, Scenario
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
+
+#: The link token of the test cores and bridges. In the environment too: a core run as a process
+#: (`streamgate core`) inherits it, and the bridges of `make_bridge` send it.
+LINK_TOKEN = os.environ.setdefault("STREAMGATE_LINK_TOKEN", "test-link-token-0123456789")
 
 
 @pytest.fixture
@@ -42,12 +47,19 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
         metrics_port = overrides.pop("metrics_port", None)
         drain_grace = overrides.pop("drain_grace", 0.5)
         keyring = overrides.pop("keyring", Keyring())
+        link_token = overrides.pop("link_token", LINK_TOKEN)
         fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key", "retry_backoff": 0.01}
         fields["coalesce"] = False  # chunk-level assertions: one chunk a token (tests/core/test_coalesce.py: on)
         fields.update(overrides)
         server = CoreServer(
             LiteLLMConfig(**fields),
-            CoreServerConfig(grpc_port=0, metrics_port=metrics_port, drain_grace=drain_grace, keyring=keyring),
+            CoreServerConfig(
+                grpc_port=0,
+                metrics_port=metrics_port,
+                drain_grace=drain_grace,
+                keyring=keyring,
+                link_token=link_token,
+            ),
         )
         await server.start()
         servers.append(server)
@@ -152,6 +164,7 @@ async def make_bridge(make_core: CoreFactory) -> AsyncIterator[BridgeFactory]:
             core = await make_core(**core_fields)
             overrides["core"] = core.address
         overrides.setdefault("coalesce", False)  # as the core's: one frame a token
+        overrides.setdefault("link_token", LINK_TOKEN)
         server = BridgeServer(BridgeConfig(http_port=0, **overrides))
         await server.start()
         bridges.append(server)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
+
+from streamgate._logs import configure as configure_logging
 
 _T = TypeVar("_T")
 ENV_PREFIX = "STREAMGATE_"
@@ -45,6 +46,27 @@ def _optional_port(text: str) -> int | None:
     return None if text.lower() in ("", "off", "none") else int(text)
 
 
+def _link_token(text: str) -> str | None:
+    """A link token: a secret, so an error never repeats it."""
+    if not text:
+        return None
+    if not (len(text) >= 16 and text.isascii() and text.isprintable()):
+        raise argparse.ArgumentTypeError("the link token must be at least 16 printable ASCII characters")
+    return text
+
+
+def _link_flag(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the core-bridge link (Relay)")
+    _add(
+        group,
+        "--link-token",
+        _link_token,
+        None,
+        "shared secret of the core and its bridges: the same on both (streamgate serve makes one itself);"
+        " without it the core refuses every bridge. Prefer the environment variable to the flag",
+    )
+
+
 def _generation_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     _add(
@@ -66,7 +88,21 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "--stream-timeout", float, 300.0, "seconds a whole stream may last")
     _add(group, "--first-token-timeout", float, 60.0, "seconds to wait for the first token")
     _add(group, "--idle-timeout", float, 30.0, "seconds the upstream may stay silent between tokens")
-    _add(group, "--allowed-models", _comma_list, (), "comma-separated models a request may name (empty: any)")
+    _add(
+        group,
+        "--allowed-models",
+        _comma_list,
+        (),
+        "comma-separated models a request may name, besides --model and --fallback-models (which are always allowed)",
+    )
+    _add(
+        group,
+        "--allow-any-model",
+        _on_off,
+        False,
+        "let a request name any litellm model, except one that names a URL or a host, or a self-hosted"
+        " provider without --api-base (on/off)",
+    )
     _add(group, "--retries", int, 2, "tries of a model again when it fails before its first token")
     _add(group, "--fallback-models", _comma_list, (), "comma-separated models tried in order when the model fails")
     _add(group, "--tokens-per-second", float, 30.0, "pace of the embedded default model (0: unpaced)")
@@ -94,6 +130,22 @@ def _bridge_flags(parser: argparse.ArgumentParser, with_core: bool) -> None:
     _add(group, "--keepalive-interval", float, 15.0, "seconds of silence before an SSE ': ping' line")
     _add(group, "--max-body-bytes", int, 1024 * 1024, "largest request body or WebSocket message")
     _add(group, "--cors-origins", _comma_list, (), "comma-separated origins allowed by CORS (none by default)")
+    _add(
+        group,
+        "--header-timeout",
+        float,
+        10.0,
+        "seconds a connection may take to send a request head, from when it opens or its last response"
+        " ended; an idle kept-alive connection is closed after it too",
+    )
+    _add(group, "--body-timeout", float, 30.0, "seconds a POST body may take to arrive; a slower one gets 408")
+    _add(
+        group,
+        "--write-stall-timeout",
+        float,
+        30.0,
+        "seconds a write may wait on an SSE or WebSocket client that stopped reading before it is dropped",
+    )
     if with_core:
         _add(group, "--drain-grace", float, 10.0, "seconds open streams may finish after SIGTERM")
 
@@ -130,12 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _generation_flags(core)
     _core_flags(core)
+    _link_flag(core)
     bridge = commands.add_parser(
         "bridge",
         help="run the HTTP bridge alone, in front of a running core",
         description="Run the HTTP bridge: SSE and WebSocket streams for browsers over the core's gRPC stream.",
     )
     _bridge_flags(bridge, with_core=True)
+    _link_flag(bridge)
     serve = commands.add_parser(
         "serve",
         help="run the core and the bridge together (the default model needs no key)",
@@ -165,6 +219,7 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         fallback_models=args.fallback_models,
         max_streams_per_key=args.max_streams_per_key,
         allowed_models=args.allowed_models,
+        allow_any_model=args.allow_any_model,
         preconnect=args.preconnect,
     )
     keyring = Keyring()
@@ -178,6 +233,7 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         metrics_port=args.metrics_port,
         drain_grace=args.drain_grace,
         keyring=keyring,
+        link_token=getattr(args, "link_token", None),  # serve makes its own
     )
     return config, server
 
@@ -192,7 +248,11 @@ def _bridge_config(args: argparse.Namespace, core: str) -> Any:
         keepalive_interval=args.keepalive_interval,
         max_body_bytes=args.max_body_bytes,
         cors_origins=args.cors_origins,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        write_stall_timeout=args.write_stall_timeout,
         drain_grace=args.drain_grace,
+        link_token=getattr(args, "link_token", None),  # serve makes its own
     )
 
 
@@ -212,6 +272,7 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "retries",
         "fallback_models",
         "allowed_models",
+        "allow_any_model",
         "tokens_per_second",
         "host",
         "grpc_port",
@@ -256,11 +317,7 @@ def _run(main: Coroutine[Any, Any, _T], loop: str) -> _T:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level)
     from streamgate.core.errors import StreamError
 
     try:
@@ -272,6 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "bridge":
             from streamgate.bridges.app import run_bridge
 
+            if args.link_token is None:
+                parser.error(
+                    "the bridge needs the core's link token: set STREAMGATE_LINK_TOKEN (or --link-token)"
+                    " to the value the core was started with"
+                )
             _run(run_bridge(_bridge_config(args, args.core)), args.loop)
         elif args.command == "serve":
             from streamgate.serve import serve

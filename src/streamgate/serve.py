@@ -4,15 +4,22 @@ Two processes, so that the core's generation and the bridge's framing each get
 a core of the CPU. On SIGTERM or SIGINT the bridge refuses new streams, the
 core drains (its open streams finish within the grace, or end with a final
 error that the bridge forwards), then both exit.
+
+The link between them (`Relay`) needs a shared secret: a new random link
+token each run, handed to the core child through its environment (a command
+line is visible to every user of the machine) and to the bridge in its config.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
+import os
 import re
+import secrets
 import signal
 import sys
 from collections.abc import Callable
@@ -22,6 +29,8 @@ from streamgate.bridges.config import BridgeConfig
 
 logger = logging.getLogger("streamgate.serve")
 _LISTENING = re.compile(r"core listening on (\S+)")
+#: The variable that hands the core child its link token (the `--link-token` flag's).
+LINK_TOKEN_ENV = "STREAMGATE_LINK_TOKEN"
 
 
 async def _relay(stream: asyncio.StreamReader, found: asyncio.Future[str]) -> None:
@@ -36,6 +45,7 @@ async def _relay(stream: asyncio.StreamReader, found: asyncio.Future[str]) -> No
 
 async def serve(options: list[str], core_argv: list[str], bridge_config: Callable[[str], BridgeConfig]) -> int:
     """Run `streamgate [options] core [core_argv]` as a child, and the bridge from `bridge_config(address)`."""
+    link_token = secrets.token_urlsafe(32)
     core = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -44,6 +54,7 @@ async def serve(options: list[str], core_argv: list[str], bridge_config: Callabl
         "core",
         *core_argv,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, LINK_TOKEN_ENV: link_token},
     )
     assert core.stderr is not None
     address: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -58,7 +69,7 @@ async def serve(options: list[str], core_argv: list[str], bridge_config: Callabl
         await asyncio.wait([address, waiting], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         if not address.done():
             return 0
-        config = bridge_config(address.result())
+        config = dataclasses.replace(bridge_config(address.result()), link_token=link_token)
         bridge = BridgeServer(config)
         await bridge.start()
         gc.freeze()  # what startup left lives as long as the process: keep full collections short

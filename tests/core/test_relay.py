@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 
+from streamgate.bridges import core_client
 from streamgate.core.auth import Keyring
+from streamgate.rpc import relay
 from streamgate.rpc.server import CoreServer
+from streamgate.rpc.servicer import LINK_TOKEN_HEADER
 from streamgate.testing.upstream import FakeUpstream, Scenario, token
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
-from tests.conftest import Client, CoreFactory, collect, eventually
+from tests.conftest import LINK_TOKEN, BridgeFactory, Client, CoreFactory, collect, eventually
 
 
 def open_(stream_id: int, query: str = "hi", model: str = "", authorization: str = "") -> pb.RelayCommand:
@@ -65,8 +72,8 @@ class Streams:
 class Link:
     """A Relay call read in the background."""
 
-    def __init__(self, stub: pb_grpc.StreamGateServiceStub) -> None:
-        self.call = stub.Relay()
+    def __init__(self, stub: pb_grpc.StreamGateServiceStub, token: str | None = LINK_TOKEN) -> None:
+        self.call = stub.Relay(metadata=((LINK_TOKEN_HEADER, token),) if token is not None else None)
         self.streams = Streams()
         self.reader = asyncio.create_task(self._read())
 
@@ -247,3 +254,182 @@ async def test_drain_ends_the_relay_call_after_the_final_frames_of_its_streams(
     assert link.streams.kinds(3) == ["refused"]
     assert "shutting down" in link.streams.frames[3][0].refused.message
     assert took < 1.0, f"stop() took {took:.2f} s: the Relay call should end with its streams, not at stop()'s grace"
+
+
+# -- the link token: Relay is the bridge's, not anyone's ---------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "wrong-link-token-0123456789"], ids=["no token", "a wrong token"])
+async def test_a_relay_call_without_the_link_token_is_refused_and_starts_nothing(
+    core: CoreServer, upstream: FakeUpstream, token: str | None
+) -> None:
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        link = Link(pb_grpc.StreamGateServiceStub(channel), token=token)
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await link.send(open_(1), open_(2))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await asyncio.wait_for(link.reader, 3.0)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert LINK_TOKEN_HEADER in (raised.value.details() or "")
+    assert LINK_TOKEN not in (raised.value.details() or "")
+    metrics = core.gateway.metrics.snapshot(draining=False)
+    assert (metrics.streams_started, metrics.streams_rejected) == (0, 0), "no stream was even considered"
+    assert not core.servicer.relays and not link.streams.frames
+    assert upstream.counters.started == 0
+
+
+async def test_a_core_without_a_link_token_refuses_every_relay_call_and_says_how_to_enable_it(
+    make_core: CoreFactory, upstream: FakeUpstream
+) -> None:
+    core = await make_core(link_token=None)
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        link = Link(pb_grpc.StreamGateServiceStub(channel))  # with the token the others have
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await link.send(open_(1))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await asyncio.wait_for(link.reader, 3.0)
+        assert (await collect(pb_grpc.StreamGateServiceStub(channel), pb.GenerateRequest(query="hi"))).completion
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "STREAMGATE_LINK_TOKEN" in (raised.value.details() or "")
+    assert upstream.counters.started == 1, "only the Generate call's stream"
+
+
+async def test_a_bridge_with_another_link_token_answers_503_and_logs_why(
+    make_core: CoreFactory, make_bridge: BridgeFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    core = await make_core()
+    bridge = await make_bridge(core=core.address, link_token="another-link-token-0123456789")
+    async with http.post(f"{bridge.url}/query/stream", json={"query": "hi"}) as response:
+        answer = await response.json()
+    assert response.status == 503, answer
+    assert "link token" not in answer["error"]["message"], "the operator's business, not the browser's"
+    assert any("refused the link" in r.getMessage() and r.levelno >= logging.ERROR for r in caplog.records)
+    assert core.gateway.metrics.snapshot(draining=False).streams_started == 0
+    assert "another-link-token" not in repr(bridge.config)
+
+
+# -- flow control: every buffer has a bound ----------------------------------------------------------
+
+
+def only_session(core: CoreServer) -> relay.RelaySession:
+    (session,) = core.servicer.relays
+    return session
+
+
+async def test_a_client_that_does_not_read_cannot_make_the_core_buffer_more(
+    make_core: CoreFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of opens, most refused, and a few long answers, on a call whose client never reads."""
+    bound, stream_bound = 256 * 1024, 32 * 1024
+    monkeypatch.setattr(relay, "OUTBOX_BYTES", bound)
+    monkeypatch.setattr(relay, "STREAM_BYTES", stream_bound)
+    upstream.default = Scenario(tokens=50_000, words=("x" * 999,))  # 50 MB an answer, unpaced
+    # Chunk by chunk: an event is one token, so what may pass the bound (an event a stream) is small.
+    core = await make_core(max_concurrent_streams=3, coalesce=False)
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        call = pb_grpc.StreamGateServiceStub(channel).Relay(metadata=((LINK_TOKEN_HEADER, LINK_TOKEN),))
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            for batch in range(2000):
+                await call.write(pb.RelayRequest(commands=[open_(batch * 100 + i + 1) for i in range(100)]))
+                sent += 100
+
+        flooding = asyncio.create_task(flood())
+        await eventually(lambda: len(core.servicer.relays) == 1)
+        session = only_session(core)
+        peak, until = 0, time.monotonic() + 2.0
+        while time.monotonic() < until:
+            peak = max(peak, session.outbox.size)
+            await asyncio.sleep(0.002)
+        handled = core.gateway.metrics.snapshot(draining=False)
+        assert peak > bound / 2, "the outbox filled (the test tests something)"
+        # Over the bound by at most what came since the look before: an event of each open stream,
+        # the refusals of a few opens.
+        assert peak <= bound + 16 * 1024, f"the outbox held {peak} bytes"
+        assert upstream.counters.finished == 0, "the upstream is read no faster than the link drains"
+        assert handled.streams_started + handled.streams_rejected < sent, "the core stopped reading commands"
+        assert not flooding.done(), "gRPC's flow control holds the client's commands back"
+        call.cancel()
+        flooding.cancel()
+        await asyncio.gather(flooding, return_exceptions=True)
+    await eventually(lambda: core.gateway.active_streams == 0 and not core.servicer.relays, within=3.0)
+    await eventually(lambda: upstream.counters.active == 0, within=3.0)
+
+
+@pytest.mark.parametrize(
+    ("coalesce", "event"),
+    # What a stream may have waiting past its bound is one event: a token chunk by chunk; coalesced,
+    # whatever one read of the upstream connection held (aiohttp's buffer: under half a MiB).
+    [(True, 512 * 1024), (False, 50)],
+    ids=["coalesced", "chunk by chunk"],
+)
+async def test_a_stream_over_its_bound_waits_for_the_reader_then_its_text_arrives_whole(
+    make_core: CoreFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, coalesce: bool, event: int
+) -> None:
+    stream_bound = 16 * 1024
+    monkeypatch.setattr(relay, "STREAM_BYTES", stream_bound)
+    words = tuple(f"{i:03d}" + "é" * 46 + "\n" for i in range(10))
+    tokens = 30_000
+    upstream.default = Scenario(tokens=tokens, words=words)  # 1.5 million characters (3 MB), unpaced
+    core = await make_core(coalesce=coalesce)
+    options = [
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),  # the final frame holds the whole text
+        ("grpc.http2.bdp_probe", 0),  # a small receive window: the core's writer waits for this client soon
+    ]
+    async with grpc.aio.insecure_channel(core.address, options=options) as channel:
+        call = pb_grpc.StreamGateServiceStub(channel).Relay(metadata=((LINK_TOKEN_HEADER, LINK_TOKEN),))
+        await call.write(pb.RelayRequest(commands=[open_(1)]))
+        await eventually(lambda: len(core.servicer.relays) == 1)
+        session = only_session(core)
+        peak, until = 0, time.monotonic() + 1.0
+        while time.monotonic() < until:  # nobody reads
+            peak = max(peak, session.outbox.pending(1))
+            await asyncio.sleep(0.002)
+        assert peak > stream_bound / 2, "the stream filled its share (the test tests something)"
+        assert peak <= stream_bound + event, f"the stream had {peak} characters waiting"
+        assert core.gateway.active_streams == 1 and upstream.counters.finished == 0, "it waits"
+
+        streams = Streams()
+        while not streams.ended(1):
+            response = await asyncio.wait_for(call.read(), 5.0)
+            assert isinstance(response, pb.RelayResponse)
+            streams.add(response)
+        call.cancel()
+    expected = "".join(words[i % len(words)] for i in range(tokens))
+    assert streams.text(1) == streams.final(1).completion.text == expected
+    indexes = [f.event.chunk.index for f in streams.frames[1] if f.event.HasField("chunk")]
+    assert indexes == sorted(set(indexes)), "chunks in order, none twice"
+
+
+class DeafCore(pb_grpc.StreamGateServiceServicer):
+    """A core that takes the link and reads no command (as one whose outbox stays full)."""
+
+    async def Relay(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
+        await asyncio.Event().wait()
+
+
+async def test_the_bridge_holds_back_opens_for_a_core_that_reads_no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    bound = 256 * 1024
+    monkeypatch.setattr(core_client, "COMMAND_BYTES", bound)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    pb_grpc.add_StreamGateServiceServicer_to_server(DeafCore(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = core_client.CoreClient(f"127.0.0.1:{port}", link_token=LINK_TOKEN)
+    request = pb.GenerateRequest(query="q" * 100_000)
+    opens = [asyncio.create_task(client.open(request)) for _ in range(200)]  # 20 MB of commands
+    try:
+        await asyncio.sleep(1.0)
+        link = client._link
+        assert link is not None
+        assert link.pending <= bound + request.ByteSize() + 64, f"{link.pending} bytes of commands waiting"
+        assert len(link._streams) < 150, "the other opens wait for room, their requests not queued"
+        assert not any(task.done() for task in opens)
+    finally:
+        for task in opens:
+            task.cancel()
+        await asyncio.gather(*opens, return_exceptions=True)
+        await client.close()
+        await server.stop(0)

@@ -39,6 +39,8 @@ class CoreServerConfig:
     drain_grace: float = 10.0
     #: API keys; empty: no authentication.
     keyring: Keyring = field(default_factory=Keyring)
+    #: The secret a bridge's `Relay` call must carry (STREAMGATE_LINK_TOKEN); None: Relay is refused.
+    link_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.grpc_port <= 65535:
@@ -47,6 +49,10 @@ class CoreServerConfig:
             raise ValueError(f"metrics_port must be 0-65535, got {self.metrics_port}")
         if not (self.drain_grace >= 0 and math.isfinite(self.drain_grace)):
             raise ValueError(f"drain_grace must be a non-negative number of seconds, got {self.drain_grace}")
+        if self.link_token is not None and not (
+            len(self.link_token) >= 16 and self.link_token.isascii() and self.link_token.isprintable()
+        ):
+            raise ValueError("link_token must be at least 16 printable ASCII characters")  # never the value
 
 
 class CoreServer:
@@ -56,7 +62,7 @@ class CoreServer:
         self.config = config
         self.server_config = server_config or CoreServerConfig()
         self.gateway = Gateway(LiteLLMProvider(config))
-        self.servicer = StreamGateServicer(self.gateway, self.server_config.keyring)
+        self.servicer = StreamGateServicer(self.gateway, self.server_config.keyring, self.server_config.link_token)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None

@@ -1,5 +1,9 @@
 """The gRPC transport of the core: adapts `Gateway` to `streamgate.v1.StreamGateService`.
 
+Admission and release: `Gateway.open()` takes the slot and `async with stream`,
+entered with no await in between, gives it back; everything that can fail or be
+cancelled after admission (the initial metadata included) runs inside it.
+
 Cancellation: when the client cancels or its deadline passes, grpc.aio cancels
 this handler's task; the CancelledError runs through `async with stream`,
 which closes the upstream request, and is re-raised (a handler that swallows
@@ -9,6 +13,8 @@ it leaks the call: grpc/grpc#43360).
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,18 +29,29 @@ from .convert import event_to_proto, request_from_proto
 from .relay import RelaySession
 from .status import GRPC_STATUS
 
+logger = logging.getLogger("streamgate.rpc")
+
 REQUEST_ID_HEADER = "x-request-id"
 #: Metadata key of the credentials: `authorization: Bearer <API key>`, as in HTTP.
 AUTHORIZATION = "authorization"
 #: Seconds before the client's deadline at which the core ends the stream itself.
 DEADLINE_MARGIN = 0.05
+#: Metadata key of the link token a `Relay` call (the bridge's link) must carry.
+LINK_TOKEN_HEADER = "x-streamgate-link-token"
+RELAY_OFF = (
+    "Relay is the bridge's link and is off on this core: start the core and the bridge with the same"
+    " STREAMGATE_LINK_TOKEN (streamgate serve sets one itself)"
+)
+RELAY_WRONG_TOKEN = f"Relay needs the link token the core was started with ({LINK_TOKEN_HEADER} metadata)"
 
 
 class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
-    def __init__(self, gateway: Gateway, keyring: Keyring | None = None) -> None:
+    def __init__(self, gateway: Gateway, keyring: Keyring | None = None, link_token: str | None = None) -> None:
+        """`link_token`: the secret a `Relay` call must carry; None refuses every Relay call."""
         self.gateway = gateway
         self.keyring = keyring or Keyring()
         self.relays: set[RelaySession] = set()
+        self._link_token = link_token.encode() if link_token else None
 
     def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         """The API key's holder from the `authorization` metadata; raises UNAUTHENTICATED."""
@@ -61,9 +78,11 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
             stream = self.gateway.open(stream_request)
         except StreamError as error:
             await context.abort(GRPC_STATUS[error.code], error.message)
-        # Headers now: the client knows at once that the stream was admitted.
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_request.request_id),))
+        # Admitted: from here to the release, nothing may come between (no await, no code that can
+        # raise), or a failure or a cancel there would hold the slot for good.
         async with stream:
+            # Headers now: the client knows at once that the stream was admitted.
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_request.request_id),))
             async for event in stream:
                 yield event_to_proto(event)
                 if isinstance(event, Failure):
@@ -74,7 +93,18 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
         request_iterator: AsyncIterator[pb.RelayRequest],
         context: grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse],
     ) -> None:
-        """Many streams over this one call (the bridge's link): see `relay.py`."""
+        """Many streams over this one call (the bridge's link): see `relay.py`.
+
+        Only for a bridge: the call must carry the core's link token, compared in constant time
+        (never logged); without one configured, every Relay call is refused.
+        """
+        if self._link_token is None:
+            logger.debug("relay call from %s refused: no link token configured", context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, RELAY_OFF)
+        presented = dict(context.invocation_metadata() or ()).get(LINK_TOKEN_HEADER)
+        if not (isinstance(presented, str) and hmac.compare_digest(presented.encode(), self._link_token)):
+            logger.debug("relay call from %s refused: missing or wrong link token", context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, RELAY_WRONG_TOKEN)
         session = RelaySession(self.gateway, self.keyring, context)
         self.relays.add(session)
         try:
