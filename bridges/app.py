@@ -97,12 +97,27 @@ class BridgeServer:
         self.config = config
         self.app = create_app(config)
         # Cancel a handler when its client leaves, so its gRPC call is cancelled at once.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+        # aiohttp's keep-alive timer runs while a connection waits for a request head: from when it opens
+        # (aiohttp >= 3.14.4) and after each response, whether bytes of a head came or not. So it bounds a
+        # head that never ends (one byte at a time) and an idle kept-alive connection alike.
+        self._runner = web.AppRunner(
+            self.app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=5.0,
+            keepalive_timeout=config.header_timeout,
+        )
         self.port = 0
 
     @property
     def state(self) -> BridgeState:
         return self.app[STATE]
+
+    @property
+    def open_connections(self) -> int:
+        """HTTP connections open now (streaming, waiting for a request, or closing)."""
+        server = self._runner.server
+        return len(server.connections) if server is not None else 0
 
     @property
     def url(self) -> str:

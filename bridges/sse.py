@@ -4,7 +4,9 @@ Frames are written as events arrive. Whatever ends the stream, the last frame
 is the one final frame: the core's final event, or one the bridge makes when
 the core is lost or the bridge shuts down. When the client leaves, aiohttp
 cancels this handler (`handler_cancellation=True`) and the gRPC call is
-cancelled with it, so the core closes the upstream request.
+cancelled with it, so the core closes the upstream request. A client that
+stops reading is made to leave: a `WriteGuard` aborts its connection when a
+write waits on it for `--write-stall-timeout`.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import asyncio
 
 from aiohttp import web
 
-from streamgate.core import Completion, Failure, StreamError
+from streamgate.core import Completion, ErrorCode, Failure, StreamError
 from streamgate.core.errors import invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
 from . import framing, query
 from .errors import error_response
-from .state import STATE, OpenStream
+from .state import STATE, OpenStream, WriteGuard
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -29,40 +31,29 @@ SSE_HEADERS = {
 TRANSPORT = "sse"
 
 
-class KeepAlive:
-    """Sends `: ping` when nothing was written for `interval` seconds. One timer, no task per stream."""
-
-    __slots__ = ("_handle", "_interval", "_loop", "_response", "last_write")
-
-    def __init__(self, response: web.StreamResponse, interval: float) -> None:
-        self._response = response
-        self._interval = interval
-        self._loop = asyncio.get_running_loop()
-        self.last_write = self._loop.time()
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self.last_write + interval, self._fire)
-
-    def _fire(self) -> None:
-        now = self._loop.time()
-        if now - self.last_write >= self._interval:
-            self.last_write = now
-            ping = asyncio.ensure_future(self._response.write(framing.PING))
-            ping.add_done_callback(lambda task: task.cancelled() or task.exception())
-        self._handle = self._loop.call_at(self.last_write + self._interval, self._fire)
-
-    def touch(self) -> None:
-        self.last_write = self._loop.time()
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+class _BodyTimeout(Exception):
+    """The body did not arrive within `--body-timeout`."""
 
 
-async def _read_request(request: web.Request) -> pb.GenerateRequest:
+async def _read_request(request: web.Request, body_timeout: float) -> pb.GenerateRequest:
     if request.method == "GET":
         return query.from_query_string(request.query)
-    body = await request.read()
+    try:
+        async with asyncio.timeout(body_timeout):
+            body = await request.read()
+    except TimeoutError:
+        raise _BodyTimeout from None
     return query.from_json(query.loads(body))
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send `response`, then close the connection (its request's body never came, and never will)."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()
+    return response
 
 
 async def stream_sse(request: web.Request) -> web.StreamResponse:
@@ -70,11 +61,17 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
     metrics = state.metrics
     try:
         state.refuse_if_draining()
-        generate = await _read_request(request)
+        generate = await _read_request(request, state.config.body_timeout)
         core = await state.client.open(generate, request.headers.get("Authorization"))
     except StreamError as error:
         metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
         return error_response(error)
+    except _BodyTimeout:
+        metrics.outcomes.labels(TRANSPORT, "408").inc()
+        late = StreamError(
+            ErrorCode.DEADLINE_EXCEEDED, f"the request body did not arrive within {state.config.body_timeout:g} s"
+        )
+        return await _answer_and_close(request, error_response(late, status=408))
     except web.HTTPRequestEntityTooLarge:
         limit = state.config.max_body_bytes
         metrics.outcomes.labels(TRANSPORT, "413").inc()
@@ -86,23 +83,40 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
     except (asyncio.CancelledError, ConnectionError):
         core.cancel()
         raise
-    keepalive = KeepAlive(response, state.config.keepalive_interval)
+    # One timer: `: ping` after `keepalive_interval` s of silence, and the client dropped when a write waits
+    # on it for `write_stall_timeout` s (which ends the stream as a client that left).
+    config = state.config
+    guard = WriteGuard(
+        request.transport, config.write_stall_timeout, lambda: response.write(framing.PING), config.keepalive_interval
+    )
 
-    async def chunk(content: str) -> None:
-        await response.write(framing.sse_chunk(content))
-        keepalive.touch()
+    async def write(frame: bytes) -> None:
+        guard.begin()
+        try:
+            await response.write(frame)
+        finally:
+            guard.end()
+
+    async def chunk(content: str) -> None:  # `write`, inlined: one call a token
+        guard.begin()
+        try:
+            await response.write(framing.sse_chunk(content))
+        finally:
+            guard.end()
 
     async def final(event: Completion | Failure) -> None:
-        await response.write(framing.sse_final(event))
+        await write(framing.sse_final(event))
 
     async def ended(reason: StreamError) -> None:
-        await response.write(framing.sse_final(core.failure(reason)))
+        await write(framing.sse_final(core.failure(reason)))
 
     try:
         if await state.relay(OpenStream(core), TRANSPORT, chunk, final, ended) != "disconnected":
+            guard.begin()
             await response.write_eof()
+            guard.end()
     except ConnectionError:
         pass  # the client left after the final frame
     finally:
-        keepalive.stop()
+        guard.close()
     return response

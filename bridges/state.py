@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +18,106 @@ from .core_client import CoreClient, CoreStream
 from .metrics import BridgeMetrics
 
 SHUTTING_DOWN = StreamError(ErrorCode.UNAVAILABLE, "the server is shutting down", retryable=True)
+
+logger = logging.getLogger("streamgate.bridges")
+
+
+class WriteGuard:
+    """One timer over a stream's writes: drops a client that stops reading, and can fill silences.
+
+    `begin()` before each write to the client, `end()` after it. A write to a client that reads returns at
+    once (aiohttp waits only while the transport's buffer is over its high-water mark), so a write costs a
+    clock read and two counter updates here, and no timer moves. When the timer finds that the writes
+    waiting have waited `stall` seconds, it aborts the transport: aiohttp cancels the handler as when a
+    client leaves, so the stream ends "disconnected" and its core stream is cancelled. With `idle` (an SSE
+    `: ping`), the timer also writes `idle()` after `interval` seconds without a write; without it, the timer
+    is armed only while writes come, once per `stall` seconds at most.
+
+    `close()` when the handler is done writing: what is still in the transport's buffer (a client that
+    stopped reading near the end) must leave within `stall` seconds too, or the transport is aborted.
+    aiohttp would close it, and a close waits for the buffer to be sent: forever, to a client that does
+    not read.
+    """
+
+    __slots__ = ("_handle", "_idle", "_interval", "_loop", "_stall", "_transport", "began", "pending")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport | None,
+        stall: float,
+        idle: Callable[[], Awaitable[object]] | None = None,
+        interval: float = math.inf,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport = transport
+        self._stall = stall
+        self._idle = idle
+        self._interval = interval
+        #: When the oldest write still waiting began; when none waits, when the last write began.
+        self.began = self._loop.time()
+        #: Writes begun and not ended.
+        self.pending = 0
+        self._handle: asyncio.TimerHandle | None = None
+        if idle is not None:
+            self._handle = self._loop.call_at(self.began + min(interval, stall), self._check)
+
+    def begin(self) -> None:
+        if not self.pending:
+            self.began = self._loop.time()
+        self.pending += 1
+        if self._handle is None:
+            self._handle = self._loop.call_at(self.began + self._stall, self._check)
+
+    def end(self) -> None:
+        self.pending -= 1
+
+    def _check(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        if self.pending:
+            deadline = self.began + self._stall
+            if now >= deadline:
+                self._abort("a write waited on it")
+            elif self._idle is None:
+                self._handle = self._loop.call_at(deadline, self._check)
+            else:  # the write may end sooner, and the silence after it needs its idle write in time
+                self._handle = self._loop.call_at(min(deadline, now + self._interval), self._check)
+            return
+        if self._idle is None:
+            return  # the next write arms it again
+        if now - self.began >= self._interval:
+            self.began = now
+            self.pending += 1
+            idle = asyncio.ensure_future(self._idle())
+            idle.add_done_callback(self._idle_done)
+        # Nothing can come due before the next idle write, or a stall of a write that begins from now.
+        self._handle = self._loop.call_at(min(self.began + self._interval, now + self._stall), self._check)
+
+    def _idle_done(self, write: asyncio.Future[object]) -> None:
+        self.pending -= 1
+        if not write.cancelled():
+            write.exception()  # a client that left: the handler finds out by its own write
+
+    def close(self) -> None:
+        """The handler is done writing: stop the timer, and bound the wait for what it left unsent."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._idle = None
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size():
+            self._handle = self._loop.call_later(self._stall, self._flushed)
+
+    def _flushed(self) -> None:
+        self._handle = None
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size():
+            self._abort("its response's last bytes waited on it")
+
+    def _abort(self, why: str) -> None:
+        if self._transport is not None:
+            logger.debug("dropped a client that stopped reading: %s for %g s", why, self._stall)
+            self._transport.abort()
 
 
 class OpenStream:

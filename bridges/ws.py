@@ -5,7 +5,9 @@ a worker streams the queries in order; only the worker sends, so messages never
 interleave. A bad message gets an `error` message and the connection stays
 open. `{"type": "cancel"}` cancels the running stream's gRPC call (the core
 closes the upstream) and the stream ends with `complete`, `finish_reason`
-"cancelled". When the client leaves, the running call is cancelled.
+"cancelled". When the client leaves, the running call is cancelled; a client
+that stops reading is made to leave: a `WriteGuard` aborts its connection when
+a send waits on it for `--write-stall-timeout`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from streamgate.v1 import streamgate_pb2 as pb
 
 from . import framing, query
 from .errors import WS_CLOSE
-from .state import STATE, BridgeState, OpenStream
+from .state import STATE, BridgeState, OpenStream, WriteGuard
 
 TRANSPORT = "websocket"
 CANCELLED = StreamError(ErrorCode.CANCELLED, "cancelled by the client")
@@ -36,9 +38,13 @@ class _Reject:
 
 
 class Session:
-    def __init__(self, ws: web.WebSocketResponse, state: BridgeState, authorization: str | None = None) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, state: BridgeState, guard: WriteGuard, authorization: str | None = None
+    ) -> None:
         self.ws = ws
         self.state = state
+        #: Every message the bridge sends goes through it (`send`), so a client that stops reading is dropped.
+        self.guard = guard
         #: Passed on to the core with each query: the upgrade's header, or an `auth` message's key.
         self.authorization = authorization
         self.pending: asyncio.Queue[pb.GenerateRequest | _Reject] = asyncio.Queue()
@@ -73,6 +79,20 @@ class Session:
     def reject(self, message: str) -> None:
         self._put(_Reject(message))
 
+    async def send(self, text: str) -> None:
+        self.guard.begin()
+        try:
+            await self.ws.send_str(text)
+        finally:
+            self.guard.end()
+
+    async def close(self, code: int, message: bytes) -> None:
+        self.guard.begin()  # the close frame is a write too
+        try:
+            await self.ws.close(code=code, message=message)
+        finally:
+            self.guard.end()
+
     def _put(self, item: pb.GenerateRequest | _Reject) -> None:
         if self.pending.qsize() >= MAX_PENDING:
             raise _Flooded
@@ -84,7 +104,7 @@ class Session:
         while True:
             item = await self.pending.get()
             if isinstance(item, _Reject):
-                await ws.send_str(framing.ws_error(item.message))
+                await self.send(framing.ws_error(item.message))
                 continue
             try:
                 await self._stream(item)
@@ -94,40 +114,44 @@ class Session:
                 return
 
     async def _stream(self, request: pb.GenerateRequest) -> None:
-        ws, state, metrics = self.ws, self.state, self.state.metrics
+        ws, state, metrics, guard, send = self.ws, self.state, self.state.metrics, self.guard, self.send
         if self._cancel_next:  # cancelled before it started: answer so, and call no upstream
             self._cancel_next = False
             metadata = framing.cancelled_metadata("", request.model, Metrics(), request.request_id)
             metrics.outcomes.labels(TRANSPORT, "CANCELLED").inc()
-            await ws.send_str(framing.ws_complete("", metadata))
+            await send(framing.ws_complete("", metadata))
             return
         try:
             state.refuse_if_draining()
             core = await state.client.open(request, self.authorization)
         except StreamError as error:
             metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
-            await ws.send_str(framing.ws_error(error.message))
+            await send(framing.ws_error(error.message))
             if error.code in WS_CLOSE:
-                await ws.close(code=WS_CLOSE[error.code], message=error.message[:120].encode())
+                await self.close(WS_CLOSE[error.code], error.message[:120].encode())
             return
         self.current = OpenStream(core)
         if self._cancel_next:  # the client cancelled while the core admitted it
             self._cancel_next = False
             self.current.end(CANCELLED)
 
-        async def chunk(content: str) -> None:
-            await ws.send_str(framing.ws_chunk(content))
+        async def chunk(content: str) -> None:  # `send`, inlined: one call a token
+            guard.begin()
+            try:
+                await ws.send_str(framing.ws_chunk(content))
+            finally:
+                guard.end()
 
         async def final(event: Completion | Failure) -> None:
-            await ws.send_str(framing.ws_final(event))
+            await send(framing.ws_final(event))
 
         async def ended(reason: StreamError) -> None:
             if reason is CANCELLED:
                 text = "".join(core.text)
                 metadata = framing.cancelled_metadata(text, request.model, core.metrics(), core.request_id)
-                await ws.send_str(framing.ws_complete(text, metadata))
+                await send(framing.ws_complete(text, metadata))
             else:
-                await ws.send_str(framing.ws_final(core.failure(reason)))
+                await send(framing.ws_final(core.failure(reason)))
 
         try:
             await state.relay(self.current, TRANSPORT, chunk, final, ended)
@@ -143,7 +167,8 @@ async def stream_ws(request: web.Request) -> web.WebSocketResponse:
     state = request.app[STATE]
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=state.config.max_body_bytes)
     await ws.prepare(request)
-    session = Session(ws, state, request.headers.get("Authorization"))
+    guard = WriteGuard(request.transport, state.config.write_stall_timeout)
+    session = Session(ws, state, guard, request.headers.get("Authorization"))
     worker = asyncio.create_task(session.run())
     try:
         async for message in ws:
@@ -154,11 +179,12 @@ async def stream_ws(request: web.Request) -> web.WebSocketResponse:
             elif message.type is WSMsgType.BINARY:
                 session.reject("binary messages are not supported: send JSON text")
     except _Flooded:
-        await ws.close(code=1008, message=b"too many messages waiting")
+        await session.close(1008, b"too many messages waiting")
     finally:
         if session.current is not None:
             session.current.core.cancel()
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await worker
+        guard.close()
     return ws
