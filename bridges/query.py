@@ -21,6 +21,9 @@ from streamgate.v1 import streamgate_pb2 as pb
 NO_QUERY = "No query provided"
 PARAMETERS = frozenset(pb.GenerationParameters.DESCRIPTOR.fields_by_name)
 FIELDS = frozenset({"query", "messages", "model", "parameters", "request_id", "timeout", "type"}) | PARAMETERS
+#: A longer timeout is taken as this many seconds (about 31 years, within a protobuf Duration);
+#: the core caps every stream by its own timeout anyway.
+MAX_TIMEOUT = 1e9
 #: Deepest JSON nesting accepted: a query is shallow, a deep one is an attack on the parser.
 MAX_DEPTH = 32
 
@@ -58,6 +61,14 @@ def _parse(value: Any, message: Any, where: str) -> None:
 
 def from_json(data: Any) -> pb.GenerateRequest:
     """A request from a decoded JSON object; raises `StreamError(INVALID_ARGUMENT)`."""
+    try:
+        return _from_json(data)
+    except UnicodeEncodeError as exc:  # JSON may spell a lone surrogate ("\\ud800"); protobuf strings cannot hold it
+        bad = exc.object[exc.start : exc.end]
+        raise invalid(f"the query holds {bad!r}, a lone surrogate: text must be valid Unicode") from None
+
+
+def _from_json(data: Any) -> pb.GenerateRequest:
     if not isinstance(data, Mapping):
         raise invalid(f"the query must be a JSON object, got {type(data).__name__}")
     unknown = set(data) - FIELDS
@@ -95,6 +106,7 @@ def from_json(data: Any) -> pb.GenerateRequest:
             raise invalid("timeout must be a number of seconds")
         if timeout <= 0:
             raise invalid(f"timeout must be positive, got {timeout}")
+        timeout = min(timeout, MAX_TIMEOUT)  # longer means "no limit of mine": the core's own applies
         request.timeout.CopyFrom(Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)))
     return request
 

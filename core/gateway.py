@@ -74,7 +74,8 @@ class Gateway:
                 )
         except StreamError as error:
             self.metrics.stream_rejected(error.code.value)
-            logger.info("stream %s refused: %s %s", request.request_id, error.code.value, error.message)
+            # Counted in the metrics; a line each would let a client flood the log (and the disk).
+            logger.debug("stream %s refused: %s %s", request.request_id, error.code.value, error.message)
             raise
         stream = GatewayStream(self, request, model)
         self._streams.add(stream)
@@ -135,7 +136,10 @@ class GatewayStream(AsyncIterator[Event]):
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that runs `_run`
         self._waiter: asyncio.Task[object] | None = None  # the task waiting on the upstream, while it waits
         self._limit = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        #: When `_timer` fires (loop time). Kept here: uvloop's `call_at` returns a plain `Handle`,
+        #: without `when()`, for a time less than about 0.5 ms away.
+        self._timer_at = 0.0
         self._expired = False
         self._closed = False
         self._attempt = 0
@@ -175,11 +179,12 @@ class GatewayStream(AsyncIterator[Event]):
         """Bound the wait that starts now by `limit` (loop time)."""
         self._limit = limit
         timer = self._timer
-        if timer is None or timer.when() > limit:
+        if timer is None or self._timer_at > limit:
             if timer is not None:
                 timer.cancel()
             assert self._loop is not None
             self._timer = self._loop.call_at(limit, self._on_timer)
+            self._timer_at = limit
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -188,6 +193,7 @@ class GatewayStream(AsyncIterator[Event]):
         assert self._loop is not None
         if self._loop.time() < self._limit:  # a token came since this timer was set
             self._timer = self._loop.call_at(self._limit, self._on_timer)
+            self._timer_at = self._limit
             return
         self._expire()
 

@@ -14,6 +14,7 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_MESSAGES = 1024
 MAX_PROMPT_CHARS = 4 * 1024 * 1024
 MAX_STOP_SEQUENCES = 4
+MAX_REQUEST_ID = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,11 @@ _PARAMETER_TYPES: dict[str, type] = {
 }
 
 
+def _is_token(text: str, limit: int) -> bool:
+    """1 to `limit` printable ASCII characters, no spaces: safe in headers, metadata and log lines."""
+    return 0 < len(text) <= limit and text.isascii() and text.isprintable() and " " not in text
+
+
 def _first(value: _T | None, default: _T | None) -> _T | None:
     return value if value is not None else default
 
@@ -180,10 +186,13 @@ class StreamRequest:
             raise invalid(f"the prompt is {size} characters, more than the limit of {MAX_PROMPT_CHARS}")
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
             raise invalid(f"timeout must be a positive number of seconds, got {timeout}")
-        if model is not None and (len(model) > 256 or not model.strip()):
-            raise invalid("model must be a non-empty name of at most 256 characters")
-        if request_id is not None and len(request_id) > 128:
-            raise invalid("request_id must be at most 128 characters")
+        if model is not None and not _is_token(model, 256):
+            raise invalid("model must be a name of 1 to 256 printable ASCII characters, without spaces")
+        if request_id and not _is_token(request_id, MAX_REQUEST_ID):
+            raise invalid(
+                f"request_id must be 1 to {MAX_REQUEST_ID} printable ASCII characters, without spaces"
+                " (it is sent back in headers and written to logs)"
+            )
         return cls(
             messages=chat,
             model=model or None,

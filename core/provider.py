@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -15,6 +16,7 @@ from . import embedded, openai_stream
 from .config import LiteLLMConfig
 from .errors import StreamError, invalid
 from .model import GenerationParameters, StreamRequest, Usage
+from .policy import ModelPolicy
 from .preconnect import Preconnect
 from .translate import translate
 from .upstream import Delta
@@ -22,6 +24,8 @@ from .upstream import Delta
 #: litellm providers that speak OpenAI's chat-completions stream, streamed by the lean path.
 LEAN_PROVIDERS = frozenset({"openai", "hosted_vllm"})
 DEFAULT_OPENAI_BASE = "https://api.openai.com/v1"
+#: Resolved model names kept (with `allow_any_model`, clients may name many).
+MAX_KNOWN_MODELS = 10_000
 
 
 class LiteLLMProvider:
@@ -32,7 +36,13 @@ class LiteLLMProvider:
         litellm.suppress_debug_info = True
         logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # litellm logs every call at INFO
         embedded.register(self.config.embedded_tokens_per_second)
-        self._known: dict[str, str] = {}
+        self._policy = ModelPolicy(
+            (self.config.model, *self.config.fallback_models, *self.config.allowed_models),
+            self.config.allow_any_model,
+            self.config.api_base,
+        )
+        #: Models resolved so far → their litellm provider, least recently used first (bounded).
+        self._known: OrderedDict[str, str] = OrderedDict()
         #: OpenAI-compatible models: name at the upstream, key and base URL litellm found for them.
         self._lean: dict[str, tuple[str, str | None, str | None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -45,23 +55,34 @@ class LiteLLMProvider:
         for model in self.config.fallback_models:
             self.resolve_model(model)
 
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        """The models the operator named (the default first); with `allow_any_model`, others too."""
+        return self._policy.allowed
+
     def resolve_model(self, requested: str | None) -> str:
+        """The model a request asked for (or the default), if the operator allows it; raises `StreamError`."""
         model = requested or self.config.model
-        if model in self._known:
+        known = self._known
+        if model in known:
+            known.move_to_end(model)
             return model
-        allowed = self.config.allowed_models
-        if requested and allowed and model not in allowed and model != self.config.model:
-            raise invalid(f"model {model!r} is not allowed here; allowed: {', '.join(allowed)}")
+        self._policy.check_name(model)
         try:
             name, provider, key, base = litellm.get_llm_provider(model, api_base=self.config.api_base)
         except Exception as exc:
             raise invalid(
                 f"unknown model {model!r}: name it as litellm does, with its provider, e.g. 'openai/gpt-4o-mini'"
             ) from exc
-        if len(self._known) < 10_000:
-            self._known[model] = provider
-            if provider in LEAN_PROVIDERS:
-                self._lean[model] = (name, key, base)
+        self._policy.check_provider(model, provider)
+        # Bounded, least recently used out: a flood of new names costs each its own resolution,
+        # never the lean path of the models in use.
+        known[model] = provider
+        if provider in LEAN_PROVIDERS:
+            self._lean[model] = (name, key, base)
+        if len(known) > MAX_KNOWN_MODELS:
+            old, _ = known.popitem(last=False)
+            self._lean.pop(old, None)
         return model
 
     def _kwargs(self, request: StreamRequest, model: str) -> dict[str, Any]:

@@ -93,7 +93,15 @@ BAD_REQUESTS = {
         pb.GenerateRequest(query="hi", messages=[pb.ChatMessage(role="user", content="hi")]),
         "either messages or query",
     ),
-    "unknown model": (pb.GenerateRequest(query="hi", model="no-such-model"), "unknown model 'no-such-model'"),
+    "model not offered": (pb.GenerateRequest(query="hi", model="no-such-model"), "'no-such-model' is not offered"),
+    "request_id with a newline": (
+        pb.GenerateRequest(query="hi", request_id="a\nERROR forged"),
+        "request_id must be 1 to 128 printable ASCII",
+    ),
+    "request_id not ASCII": (pb.GenerateRequest(query="hi", request_id="idé"), "printable ASCII"),
+    "request_id with an escape": (pb.GenerateRequest(query="hi", request_id="\x1b[2J"), "printable ASCII"),
+    "request_id too long": (pb.GenerateRequest(query="hi", request_id="x" * 129), "printable ASCII"),
+    "model with a control character": (pb.GenerateRequest(query="hi", model="openai/fake\r\n"), "printable ASCII"),
     "temperature": (
         pb.GenerateRequest(query="hi", parameters=pb.GenerationParameters(temperature=7)),
         "temperature must be between 0 and 2",
@@ -142,5 +150,5 @@ async def test_allowed_models_refuse_other_models(make_core: CoreFactory, upstre
         result = await collect(pb_grpc.StreamGateServiceStub(channel), pb.GenerateRequest(query="hi", model="openai/x"))
 
     assert result.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "not allowed" in (result.details or "")
+    assert "'openai/x' is not offered here; ask for one of: openai/fake" in (result.details or "")
     await eventually(lambda: upstream.counters.started == 0)
