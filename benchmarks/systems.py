@@ -110,8 +110,15 @@ async def _started(servers: dict[str, Server], start: Awaitable[Server]) -> Serv
         raise
 
 
+#: The core-bridge link's shared secret (`Relay`): the core refuses a bridge without it, and a bridge
+#: will not start without it. Read from the environment by both; kept out of argv (visible in `ps`).
+LINK_TOKEN_ENV = "STREAMGATE_LINK_TOKEN"
+
+
 async def deploy_streamgate(pace: Pace, upstream: Upstream, workdir: Path) -> Deployment:
+    """Core and bridge as two processes, linked by a token made for this deployment (as `streamgate serve` does)."""
     cli = [*_command("streamgate", "streamgate.cli"), "--log-level", "INFO"]
+    env: dict[str, str | None] = {LINK_TOKEN_ENV: secrets.token_urlsafe(32)}
     core_argv = [
         *cli,
         "core",
@@ -119,9 +126,10 @@ async def deploy_streamgate(pace: Pace, upstream: Upstream, workdir: Path) -> De
         *("--metrics-port", "off", "--max-concurrent-streams", "10000", "--grpc-port", "0"),
     ]
     servers: dict[str, Server] = {}
-    servers["core"] = await _started(servers, procs.start("core", core_argv, r"core listening on (\S+)"))
+    servers["core"] = await _started(servers, procs.start("core", core_argv, r"core listening on (\S+)", env=env))
     bridge_argv = [*cli, "bridge", "--core", servers["core"].address, "--http-port", "0"]
-    servers["bridge"] = await _started(servers, procs.start("bridge", bridge_argv, r"bridge listening on (\S+)"))
+    bridge = procs.start("bridge", bridge_argv, r"bridge listening on (\S+)", env=env)
+    servers["bridge"] = await _started(servers, bridge)
     body = {"query": "go", "model": "openai/fake"}
     target = Target("sse", f"{servers['bridge'].address}/query/stream", body, dialect="streamgate")
     return Deployment("streamgate", target, servers, uses_upstream=True)
