@@ -65,7 +65,7 @@ def from_json(data: Any) -> pb.GenerateRequest:
         return _from_json(data)
     except UnicodeEncodeError as exc:  # JSON may spell a lone surrogate ("\\ud800"); protobuf strings cannot hold it
         bad = exc.object[exc.start : exc.end]
-        raise invalid(f"the query holds {bad!r}, a lone surrogate: text must be valid Unicode") from None
+        raise invalid(f"the request holds {bad!r}, a lone surrogate: text must be valid Unicode") from None
 
 
 def _from_json(data: Any) -> pb.GenerateRequest:

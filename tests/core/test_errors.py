@@ -152,3 +152,32 @@ async def test_allowed_models_refuse_other_models(make_core: CoreFactory, upstre
     assert result.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "'openai/x' is not offered here; ask for one of: openai/fake" in (result.details or "")
     await eventually(lambda: upstream.counters.started == 0)
+
+
+_QUERY_TAG = (pb.GenerateRequest.DESCRIPTOR.fields_by_name["query"].number << 3) | 2  # a length-delimited field
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # `query` holding three bytes that are a UTF-8-encoded surrogate, which protobuf refuses
+        (bytes([_QUERY_TAG, 3]) + b"\xed\xa0\x80", "UTF-8"),
+        (b"\xff\xff\xff", "corrupt"),
+    ],
+)
+async def test_a_request_message_that_does_not_parse_is_invalid_argument(
+    client: Client, upstream: FakeUpstream, raw: bytes, reason: str
+) -> None:
+    generate = client.channel.unary_stream(
+        "/streamgate.v1.StreamGateService/Generate",
+        request_serializer=lambda data: data,
+        response_deserializer=pb.GenerateResponse.FromString,
+    )
+    call = generate(raw)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in call:
+            pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # was UNKNOWN, with protobuf's exception class
+    assert "the request message does not parse" in (refused.value.details() or "")
+    assert reason in (refused.value.details() or "")
+    await _still_serves(client, upstream)

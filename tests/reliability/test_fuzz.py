@@ -13,16 +13,32 @@ from hypothesis import strategies as st
 from streamgate.bridges.app import BridgeServer
 from streamgate.testing.sse import SSEParser
 
+#: Any code point, lone surrogates and control characters included (JSON escapes them all).
+TEXT = st.text(st.characters(exclude_categories=()), max_size=20)
+#: Huge and tiny floats beside the usual ones, and integers past int64.
+NUMBERS = (
+    st.integers()
+    | st.integers(min_value=2**63 - 2, max_value=2**80)
+    | st.floats(allow_nan=False)
+    | st.sampled_from([1e20, 1.7e308, -1e20, 5e-324, 1e-300, 0.0, -0.0])
+)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    st.none() | st.booleans() | NUMBERS | TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4),
     max_leaves=12,
 )
 FIELDS = st.sampled_from(
     ["query", "messages", "model", "temperature", "max_tokens", "stop", "parameters", "timeout", "seed", "top_p"]
 )
 QUERIES = st.dictionaries(FIELDS | st.text(max_size=8), JSON, max_size=5) | st.fixed_dictionaries(
-    {"query": st.text(max_size=50)}, optional={"max_tokens": st.integers(-5, 5), "temperature": JSON}
+    {"query": st.text(st.characters(exclude_categories=()), max_size=50)},
+    optional={
+        "max_tokens": st.integers(-5, 5),
+        "temperature": JSON,
+        "timeout": NUMBERS,
+        "request_id": TEXT,
+        "model": TEXT | st.just("openai/fake"),
+    },
 )
 BODIES = QUERIES.map(lambda q: json.dumps(q).encode()) | st.binary(max_size=200)
 FUZZ = settings(
@@ -57,7 +73,13 @@ async def test_http_entry_answers_every_body_well(
 
 
 @FUZZ
-@given(params=st.dictionaries(FIELDS | st.text(max_size=6), st.text(max_size=12), max_size=4))
+@given(
+    params=st.dictionaries(
+        FIELDS | st.sampled_from(["request_id", "model"]) | st.text(max_size=6),
+        st.text(st.characters(exclude_categories=("Cs",)), max_size=12) | NUMBERS.map(str),
+        max_size=4,
+    )
+)
 async def test_query_string_entry_answers_every_query_well(
     bridge: BridgeServer, http: aiohttp.ClientSession, params: dict[str, str]
 ) -> None:

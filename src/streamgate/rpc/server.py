@@ -20,6 +20,7 @@ from streamgate.core.auth import Keyring
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
+from .malformed import MalformedRequests
 from .servicer import StreamGateServicer
 
 logger = logging.getLogger("streamgate.rpc")
@@ -76,6 +77,7 @@ class CoreServer:
     async def start(self) -> None:
         sc = self.server_config
         server = grpc.aio.server(
+            interceptors=[MalformedRequests()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
