@@ -31,6 +31,9 @@ class LiteLLMConfig:
     idle_timeout: float = 30.0
     #: Streams open at once; the next one is refused at once, never queued.
     max_concurrent_streams: int = 1000
+    #: Characters of answer one stream may produce (the core keeps the text for the final event);
+    #: past it the upstream request is closed and the stream completes with finish_reason "length".
+    max_answer_chars: int = 4 * 1024 * 1024
     api_base: str | None = None
     api_key: str | None = field(default=None, repr=False)
     #: Defaults for requests that leave a parameter unset.
@@ -70,6 +73,8 @@ class LiteLLMConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
         if self.max_concurrent_streams < 1:
             raise ValueError(f"max_concurrent_streams must be at least 1, got {self.max_concurrent_streams}")
+        if self.max_answer_chars < 1:
+            raise ValueError(f"max_answer_chars must be at least 1, got {self.max_answer_chars}")
         if self.max_streams_per_key < 0:
             raise ValueError(f"max_streams_per_key must not be negative, got {self.max_streams_per_key}")
         if self.retries < 0:

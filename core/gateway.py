@@ -269,6 +269,8 @@ class GatewayStream(AsyncIterator[Event]):
         first_deadline = start + config.first_token_timeout
         idle = config.idle_timeout
         parts: list[str] = []
+        #: Characters of answer still allowed: the text is kept for the final event, so it is bounded.
+        room = len_limit = config.max_answer_chars
         usage: Usage | None = None
         finish_reason = "stop"
         error: StreamError | None = None
@@ -326,9 +328,16 @@ class GatewayStream(AsyncIterator[Event]):
                         raise self._timeout_error(limit == deadline, clock.first_token is None, timeout)
                     if content := delta.content:
                         content = clean_text(content)
+                        room -= len(content)
+                        if room < 0:  # the answer is over its bound: keep what fits, end it as "length"
+                            content = content[: len(content) + room]
                         clock.chunk()
                         parts.append(content)
                         yield Chunk(content, clock.chunks - 1)
+                        if room < 0:
+                            logger.info("stream %s: answer cut at %d characters", request.request_id, len_limit)
+                            finish_reason = "length"
+                            break
                     if delta.finish_reason:
                         finish_reason = delta.finish_reason
                     if delta.usage is not None:

@@ -86,6 +86,13 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
     )
     _add(group, "--max-concurrent-streams", int, 1000, "streams open at once; more are refused at once")
     _add(group, "--stream-timeout", float, 300.0, "seconds a whole stream may last")
+    _add(
+        group,
+        "--max-answer-chars",
+        int,
+        4 * 1024 * 1024,
+        "characters of answer one stream may produce; past it the stream ends with finish_reason 'length'",
+    )
     _add(group, "--first-token-timeout", float, 60.0, "seconds to wait for the first token")
     _add(group, "--idle-timeout", float, 30.0, "seconds the upstream may stay silent between tokens")
     _add(
@@ -211,6 +218,7 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         api_base=args.api_base,
         api_key=args.upstream_api_key,
         max_concurrent_streams=args.max_concurrent_streams,
+        max_answer_chars=args.max_answer_chars,
         stream_timeout=args.stream_timeout,
         first_token_timeout=args.first_token_timeout,
         idle_timeout=args.idle_timeout,
@@ -266,6 +274,7 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "model",
         "api_base",
         "max_concurrent_streams",
+        "max_answer_chars",
         "stream_timeout",
         "first_token_timeout",
         "idle_timeout",

@@ -190,3 +190,22 @@ async def test_a_core_stopped_while_a_connection_waits_for_its_end_logs_no_error
     assert upstream.counters.disconnects == 1
     assert not provider.draining
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_an_answer_over_its_bound_is_cut_and_its_upstream_closed(
+    make_core: CoreFactory, upstream: FakeUpstream
+) -> None:
+    # An upstream that would stream for a minute without max_tokens: the core keeps the answer's
+    # text for the final event, so the answer has a bound of its own.
+    upstream.default = Scenario(tokens=60_000, delay=0.001)
+    core = await make_core(max_answer_chars=500)
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        result = await collect(pb_grpc.StreamGateServiceStub(channel), pb.GenerateRequest(query="go on forever"))
+
+    assert result.code == grpc.StatusCode.OK
+    assert result.completion.finish_reason == "length"
+    assert len(result.completion.text) == 500
+    assert "".join(result.chunks) == result.completion.text
+    assert result.completion.usage.completion_tokens > 0
+    await upstream.wait_idle(2.0)  # the upstream request was closed, not read to its end
+    assert upstream.counters.disconnects == 1

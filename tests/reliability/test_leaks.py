@@ -77,7 +77,11 @@ async def test_no_stream_task_fd_or_memory_is_left_behind(
         slow=Scenario(tokens=500, delay=0.01),
         stall=Scenario(tokens=10, stall_after=2),
     )
-    bridge = await make_bridge(core_idle_timeout=0.3, core_max_concurrent_streams=CONCURRENCY * 2)
+    bridge = await make_bridge(
+        core_idle_timeout=0.3,
+        core_max_concurrent_streams=CONCURRENCY * 2,
+        core_allowed_models=("openai/fast", "openai/slow", "openai/stall"),
+    )
     await _run(bridge.url, 60, seed=1)  # warm up: pools, caches, first-use allocations
     await eventually(lambda: upstream.counters.active == 0, within=3.0)
     tasks, fds, rss = len(asyncio.all_tasks()), _fds(), _rss()
