@@ -40,6 +40,7 @@ async def run(max_concurrent_streams: int) -> None:
     core = CoreServer(
         LiteLLMConfig(
             model="openai/fast",
+            allowed_models=tuple(f"openai/{name}" for name in SCENARIOS),
             api_base=upstream.api_base,
             api_key="live-test",
             max_concurrent_streams=max_concurrent_streams,
