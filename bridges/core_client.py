@@ -35,9 +35,18 @@ from collections.abc import AsyncGenerator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from streamgate.core import Chunk, ErrorCode, Event, Failure, Metrics, StreamError, Usage
-from streamgate.rpc.convert import error_from_proto, event_from_proto
-from streamgate.rpc.status import error_from_status
+from streamgate.contract import (
+    Chunk,
+    ErrorCode,
+    Event,
+    Failure,
+    Metrics,
+    StreamError,
+    Usage,
+    error_from_proto,
+    error_from_status,
+    event_from_proto,
+)
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 

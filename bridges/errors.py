@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from streamgate.core import ErrorCode, StreamError
+from streamgate.contract import ErrorCode, StreamError
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ARGUMENT: 400,

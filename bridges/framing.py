@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from streamgate.core import Completion, Failure, Metrics, Usage
+from streamgate.contract import Completion, Failure, Metrics, Usage
 
 #: An SSE comment line, sent while a stream is idle; EventSource ignores it.
 PING = b": ping\n\n"

@@ -14,8 +14,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 
-from streamgate.core import StreamError
-from streamgate.core.errors import invalid
+from streamgate.contract import StreamError, invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
 NO_QUERY = "No query provided"

@@ -15,8 +15,7 @@ import asyncio
 
 from aiohttp import web
 
-from streamgate.core import Completion, ErrorCode, Failure, StreamError
-from streamgate.core.errors import invalid
+from streamgate.contract import Completion, ErrorCode, Failure, StreamError, invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
 from . import framing, query

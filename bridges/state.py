@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from streamgate.core import Chunk, Completion, ErrorCode, Failure, StreamError
+from streamgate.contract import Chunk, Completion, ErrorCode, Failure, StreamError
 
 from .config import BridgeConfig
 from .core_client import CoreClient, CoreStream

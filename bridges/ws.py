@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from streamgate.core import Completion, ErrorCode, Failure, Metrics, StreamError
-from streamgate.core.errors import invalid
+from streamgate.contract import Completion, ErrorCode, Failure, Metrics, StreamError, invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
 from . import framing, query

@@ -6,21 +6,23 @@ use, so the bridge and the generated clients can use the core's values alone.
 
 from typing import TYPE_CHECKING, Any
 
-from .config import DEFAULT_MODEL, LiteLLMConfig
-from .errors import ErrorCode, StreamError
-from .gateway import Gateway, GatewayStream
-from .metrics import GatewayMetrics, Snapshot
-from .model import (
+from streamgate.contract import (
     ChatMessage,
     Chunk,
     Completion,
+    ErrorCode,
     Event,
     Failure,
     GenerationParameters,
     Metrics,
+    StreamError,
     StreamRequest,
     Usage,
 )
+
+from .config import DEFAULT_MODEL, LiteLLMConfig
+from .gateway import Gateway, GatewayStream
+from .metrics import GatewayMetrics, Snapshot
 from .upstream import Delta, Provider
 
 if TYPE_CHECKING:

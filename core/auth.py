@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ErrorCode, StreamError
+from streamgate.contract import ErrorCode, StreamError
 
 MISSING = "missing credentials: send 'Authorization: Bearer <API key>'"
 WRONG = "invalid API key"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .model import GenerationParameters
+from streamgate.contract import GenerationParameters
 
 #: The embedded model: needs no key and no network (see `streamgate.core.embedded`).
 DEFAULT_MODEL = "streamgate/default"

@@ -22,9 +22,9 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Self
 
-from .errors import ErrorCode, StreamError
+from streamgate.contract import Chunk, Completion, ErrorCode, Event, Failure, StreamError, StreamRequest, Usage
+
 from .metrics import GatewayMetrics, StreamClock
-from .model import Chunk, Completion, Event, Failure, StreamRequest, Usage
 from .upstream import Provider, clean_text
 
 logger = logging.getLogger("streamgate.core")

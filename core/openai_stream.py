@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 
-from .errors import ErrorCode, StreamError
-from .model import Usage
+from streamgate.contract import ErrorCode, StreamError, Usage
+
 from .upstream import Delta
 
 #: HTTP status of an upstream error → (code, retryable, summary); other 4xx are INVALID_ARGUMENT.

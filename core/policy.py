@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import invalid
+from streamgate.contract import invalid
 
 #: litellm providers that talk to a self-hosted server, whose address comes from the model string,
 #: an environment variable or a local default (localhost:11434 for Ollama, ...), not from the operator.

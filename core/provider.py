@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import litellm
 
+from streamgate.contract import GenerationParameters, StreamError, StreamRequest, Usage, invalid
+
 from . import embedded, openai_stream
 from .config import LiteLLMConfig
-from .errors import StreamError, invalid
-from .model import GenerationParameters, StreamRequest, Usage
 from .policy import ModelPolicy
 from .preconnect import Preconnect
 from .translate import translate

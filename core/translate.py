@@ -7,7 +7,7 @@ import asyncio
 import openai
 from litellm import exceptions as litellm
 
-from .errors import ErrorCode, StreamError
+from streamgate.contract import ErrorCode, StreamError
 
 # Checked in order: subclasses before their bases (litellm's
 # ContextWindowExceededError is a BadRequestError, MidStreamFallbackError a

@@ -10,8 +10,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
+from streamgate.contract import StreamRequest, Usage
+
 from .config import LiteLLMConfig
-from .model import StreamRequest, Usage
 
 
 @dataclass(frozen=True, slots=True)

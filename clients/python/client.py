@@ -21,10 +21,7 @@ from typing import Any, Self
 
 import grpc
 
-from streamgate.core.errors import ErrorCode, StreamError
-from streamgate.core.model import Chunk, Completion, Failure
-from streamgate.rpc.convert import event_from_proto
-from streamgate.rpc.status import error_from_status
+from streamgate.contract import Chunk, Completion, ErrorCode, Failure, StreamError, error_from_status, event_from_proto
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 

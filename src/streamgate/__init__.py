@@ -12,16 +12,16 @@ from . import _offline
 _offline.apply()
 
 if TYPE_CHECKING:
-    from .bridges.handler import StreamFormat, StreamingHandler
     from .core import LiteLLMConfig, LiteLLMProvider
+    from .library import StreamFormat, StreamingHandler
 
 __all__ = ["LiteLLMConfig", "LiteLLMProvider", "StreamFormat", "StreamingHandler"]
 
 _LAZY = {
     "LiteLLMConfig": "streamgate.core",
     "LiteLLMProvider": "streamgate.core",
-    "StreamFormat": "streamgate.bridges.handler",
-    "StreamingHandler": "streamgate.bridges.handler",
+    "StreamFormat": "streamgate.library",
+    "StreamingHandler": "streamgate.library",
 }
 
 

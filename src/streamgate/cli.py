@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    from streamgate.core.errors import StreamError
+    from streamgate.contract import StreamError
 
     try:
         if args.command == "core":

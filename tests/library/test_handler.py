@@ -14,7 +14,7 @@ from aiohttp import web
 from fastapi import FastAPI, WebSocket
 
 from streamgate import LiteLLMConfig, LiteLLMProvider, StreamFormat, StreamingHandler
-from streamgate.bridges.handler import HandlerClosedError
+from streamgate.library import HandlerClosedError
 from streamgate.testing.upstream import FakeUpstream, Scenario, token
 from tests.conftest import eventually
 

@@ -38,13 +38,10 @@ import logging
 
 import grpc
 
+from streamgate.contract import GRPC_STATUS, error_to_proto, event_to_proto, invalid, request_from_proto
 from streamgate.core import Chunk, ErrorCode, Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
-from streamgate.core.errors import invalid
 from streamgate.v1 import streamgate_pb2 as pb
-
-from .convert import error_to_proto, event_to_proto, request_from_proto
-from .status import GRPC_STATUS
 
 logger = logging.getLogger("streamgate.rpc")
 

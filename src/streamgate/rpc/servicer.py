@@ -20,14 +20,13 @@ from typing import Any
 
 import grpc
 
+from streamgate.contract import GRPC_STATUS, event_to_proto, request_from_proto
 from streamgate.core import Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
-from .convert import event_to_proto, request_from_proto
 from .relay import RelaySession
-from .status import GRPC_STATUS
 
 logger = logging.getLogger("streamgate.rpc")
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Iterable, Mapping
 from enum import Enum
 from typing import Any, Protocol
 
+from streamgate.bridges import framing
 from streamgate.core import (
     ChatMessage,
     Chunk,
@@ -33,8 +34,6 @@ from streamgate.core import (
     StreamRequest,
     Usage,
 )
-
-from . import framing
 
 logger = logging.getLogger("streamgate.handler")
 

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from streamgate.core import (
+from streamgate.v1 import streamgate_pb2 as pb
+
+from ._errors import ErrorCode, StreamError, invalid
+from ._model import (
     ChatMessage,
     Chunk,
     Completion,
-    ErrorCode,
     Event,
     Failure,
     GenerationParameters,
     Metrics,
-    StreamError,
     StreamRequest,
     Usage,
 )
-from streamgate.core.errors import invalid
-from streamgate.v1 import streamgate_pb2 as pb
-
-from .status import ERROR_CODE, PROTO_CODE
+from ._status import ERROR_CODE, PROTO_CODE
 
 
 def _opt(message: pb.GenerationParameters, field: str) -> float | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from streamgate.core import ErrorCode, StreamError
 from streamgate.v1 import streamgate_pb2 as pb
+
+from ._errors import ErrorCode, StreamError
 
 GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,

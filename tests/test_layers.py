@@ -1,0 +1,124 @@
+"""The package map's arrows, held by a test: which layer may import which.
+
+    contract   <-   core (the engine)   <-   rpc (the core's gRPC server)
+       ^                  ^
+       |                  +-- library (StreamingHandler: gateway + framing, in-process)
+    bridges, client (the Python client)
+
+The bridge and the client speak the contract; they never import the engine (gateway, providers,
+upstream streaming, litellm), directly or through another module. The contract imports neither
+the engine nor a transport. The core has no transport code.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Where each package of `streamgate` is on disk (the install maps them; see pyproject.toml).
+PACKAGES = {
+    "streamgate.core": ROOT / "core",
+    "streamgate.bridges": ROOT / "bridges",
+    "streamgate.client": ROOT / "clients/python/client.py",
+    "streamgate": ROOT / "src/streamgate",
+}
+ENGINE = ("streamgate.core", "streamgate.rpc", "streamgate.library", "litellm")
+
+
+def _modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for name, path in PACKAGES.items():
+        if path.is_file():
+            found[name] = path
+            continue
+        for file in path.rglob("*.py"):
+            if file.name.endswith(("_pb2.py", "_pb2_grpc.py")) or any(p.is_symlink() for p in file.parents):
+                continue
+            parts = list(file.relative_to(path).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found.setdefault(".".join([name, *parts]), file)
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(module: str) -> set[str]:
+    """Every module `module` imports (at any depth of its code), relative imports resolved."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES)
+    return names
+
+
+def _reachable(start: str) -> dict[str, str]:
+    """Modules reachable from `start` by imports → the module that imported each first."""
+    seen: dict[str, str] = {start: ""}
+    todo = [start]
+    while todo:
+        current = todo.pop()
+        for name in _imports(current):
+            target = next((m for m in (name, name.rpartition(".")[0]) if m in MODULES), name)
+            if target not in seen:
+                seen[target] = current
+                if target in MODULES:
+                    todo.append(target)
+    return seen
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _layer(prefix: str) -> list[str]:
+    return sorted(m for m in MODULES if _under(m, (prefix,)))
+
+
+@pytest.mark.parametrize("module", [*_layer("streamgate.bridges"), "streamgate.client", *_layer("streamgate.contract")])
+def test_the_bridge_the_client_and_the_contract_never_reach_the_engine(module: str) -> None:
+    reached = _reachable(module)
+    bad = {name: via for name, via in reached.items() if _under(name, ENGINE)}
+    assert not bad, f"{module} reaches the engine: " + ", ".join(f"{n} (imported by {v})" for n, v in bad.items())
+
+
+@pytest.mark.parametrize("module", _layer("streamgate.contract"))
+def test_the_contract_imports_no_transport_library(module: str) -> None:
+    assert not {n for n in _reachable(module) if _under(n, ("aiohttp", "streamgate.bridges", "streamgate.serve"))}
+
+
+@pytest.mark.parametrize("module", _layer("streamgate.core"))
+def test_the_core_has_no_transport_code(module: str) -> None:
+    direct = _imports(module)
+    assert not {n for n in direct if _under(n, ("grpc", "aiohttp.web", "streamgate.rpc", "streamgate.bridges"))}
+
+
+def test_the_walk_sees_every_layer() -> None:
+    # A guard on the test itself: an edge it cannot see proves nothing.
+    assert "streamgate.core.gateway" in _reachable("streamgate.rpc.servicer")
+    assert "streamgate.contract._convert" in _reachable("streamgate.bridges.app")
+
+
+def test_the_running_bridge_loads_no_engine() -> None:
+    code = (
+        "import sys, streamgate.bridges.app, streamgate.client;"
+        "bad = sorted(m for m in sys.modules if m.startswith(('litellm', 'streamgate.core', 'streamgate.rpc')));"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "", out.stdout
