@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _generation_flags(core)
     _core_flags(core)
+    core.add_argument(
+        "--ready-fd",
+        type=int,
+        default=None,
+        help="once listening, write the address as one JSON line to this file descriptor (how serve learns it)",
+    )
     _link_flag(core)
     bridge = commands.add_parser(
         "bridge",
@@ -334,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamgate.rpc.server import run_core
 
             config, server = _core_configs(args)
-            _run(run_core(config, server), args.loop)
+            _run(run_core(config, server, args.ready_fd), args.loop)
         elif args.command == "bridge":
             from streamgate.bridges.app import run_bridge
 

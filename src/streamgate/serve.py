@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import os
-import re
 import secrets
 import signal
 import sys
@@ -28,37 +28,51 @@ from streamgate.bridges.app import BridgeServer
 from streamgate.bridges.config import BridgeConfig
 
 logger = logging.getLogger("streamgate.serve")
-_LISTENING = re.compile(r"core listening on (\S+)")
 #: The variable that hands the core child its link token (the `--link-token` flag's).
 LINK_TOKEN_ENV = "STREAMGATE_LINK_TOKEN"
 
 
-async def _relay(stream: asyncio.StreamReader, found: asyncio.Future[str]) -> None:
-    """Copy the core's log to ours; resolve `found` with its address when it listens."""
-    while line := await stream.readline():
-        sys.stderr.write(line.decode(errors="replace"))
-        if not found.done() and (match := _LISTENING.search(line.decode(errors="replace"))):
-            found.set_result(match.group(1))
-    if not found.done():
-        found.set_exception(RuntimeError("the core exited before it listened"))
+async def _core_address(read_end: int) -> str:
+    """The address the core child writes to its ready pipe once it listens (one JSON line)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0)
+    )
+    try:
+        line = await reader.readline()
+    finally:
+        transport.close()
+    if not line:
+        raise RuntimeError("the core exited before it listened")
+    address: str = json.loads(line)["address"]
+    return address
 
 
 async def serve(options: list[str], core_argv: list[str], bridge_config: Callable[[str], BridgeConfig]) -> int:
-    """Run `streamgate [options] core [core_argv]` as a child, and the bridge from `bridge_config(address)`."""
+    """Run `streamgate [options] core [core_argv]` as a child, and the bridge from `bridge_config(address)`.
+
+    The core shares this process's standard error (each writes whole lines) and tells its address
+    through a pipe of its own (`--ready-fd`), once it listens.
+    """
     link_token = secrets.token_urlsafe(32)
-    core = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "streamgate.cli",
-        *options,
-        "core",
-        *core_argv,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, LINK_TOKEN_ENV: link_token},
-    )
-    assert core.stderr is not None
-    address: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    relay = asyncio.create_task(_relay(core.stderr, address))
+    read_end, write_end = os.pipe()
+    try:
+        core = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "streamgate.cli",
+            *options,
+            "core",
+            *core_argv,
+            "--ready-fd",
+            str(write_end),
+            pass_fds=(write_end,),
+            env={**os.environ, LINK_TOKEN_ENV: link_token},
+        )
+    finally:
+        os.close(write_end)  # the child holds its own copy: EOF here when it exits
+    address = asyncio.ensure_future(_core_address(read_end))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,4 +107,7 @@ async def serve(options: list[str], core_argv: list[str], bridge_config: Callabl
             except TimeoutError:
                 core.kill()
                 await core.wait()
-        await relay
+        if not address.done():
+            address.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+            await address

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import math
+import os
 import signal
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
@@ -132,10 +134,18 @@ class CoreServer:
         await self._server.wait_for_termination()
 
 
-async def run_core(config: LiteLLMConfig, server_config: CoreServerConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then drain."""
+async def run_core(config: LiteLLMConfig, server_config: CoreServerConfig, ready_fd: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain.
+
+    `ready_fd`: a pipe to write `{"address": "HOST:PORT", "metrics_port": N}` to (one JSON line),
+    then close, once the server listens (how `streamgate serve` learns where its core is).
+    """
     server = CoreServer(config, server_config)
     await server.start()
+    if ready_fd is not None:
+        ready = {"address": server.address, "metrics_port": server.metrics_port}
+        with os.fdopen(ready_fd, "w") as pipe:
+            pipe.write(json.dumps(ready) + "\n")
     # litellm leaves about 380,000 objects behind its import; a full collection walks them all
     # (about 150 ms on this machine), often enough under load to stall every stream. They live as
     # long as the process: move them out of the collector's sight.
