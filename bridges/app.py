@@ -12,8 +12,9 @@ from importlib import resources
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamgate.link.client import CoreClient
+
 from .config import BridgeConfig
-from .core_client import CoreClient
 from .errors import error_response
 from .sse import stream_sse
 from .state import SHUTTING_DOWN, STATE, BridgeState

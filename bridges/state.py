@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from streamgate.contract import Chunk, Completion, ErrorCode, Failure, StreamError
+from streamgate.link.client import CoreClient, CoreStream
 
 from .config import BridgeConfig
-from .core_client import CoreClient, CoreStream
 from .metrics import BridgeMetrics
 
 SHUTTING_DOWN = StreamError(ErrorCode.UNAVAILABLE, "the server is shutting down", retryable=True)

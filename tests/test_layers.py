@@ -1,9 +1,9 @@
 """The package map's arrows, held by a test: which layer may import which.
 
-    contract   <-   core (the engine)   <-   rpc (the core's gRPC server)
+    contract   <-   core (the engine)   <-   rpc (the core's gRPC server), link.server (the link's core end)
        ^                  ^
        |                  +-- library (StreamingHandler: gateway + framing, in-process)
-    bridges, client (the Python client)
+    bridges, link.client (the link's bridge end), client (the Python client)
 
 The bridge and the client speak the contract; they never import the engine (gateway, providers,
 upstream streaming, litellm), directly or through another module. The contract imports neither
@@ -27,7 +27,7 @@ PACKAGES = {
     "streamgate.client": ROOT / "clients/python/client.py",
     "streamgate": ROOT / "src/streamgate",
 }
-ENGINE = ("streamgate.core", "streamgate.rpc", "streamgate.library", "litellm")
+ENGINE = ("streamgate.core", "streamgate.rpc", "streamgate.library", "streamgate.link.server", "litellm")
 
 
 def _modules() -> dict[str, Path]:
@@ -90,7 +90,10 @@ def _layer(prefix: str) -> list[str]:
     return sorted(m for m in MODULES if _under(m, (prefix,)))
 
 
-@pytest.mark.parametrize("module", [*_layer("streamgate.bridges"), "streamgate.client", *_layer("streamgate.contract")])
+@pytest.mark.parametrize(
+    "module",
+    [*_layer("streamgate.bridges"), "streamgate.client", "streamgate.link.client", *_layer("streamgate.contract")],
+)
 def test_the_bridge_the_client_and_the_contract_never_reach_the_engine(module: str) -> None:
     reached = _reachable(module)
     bad = {name: via for name, via in reached.items() if _under(name, ENGINE)}

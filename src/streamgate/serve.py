@@ -26,10 +26,9 @@ from collections.abc import Callable
 
 from streamgate.bridges.app import BridgeServer
 from streamgate.bridges.config import BridgeConfig
+from streamgate.link._wire import TOKEN_ENV
 
 logger = logging.getLogger("streamgate.serve")
-#: The variable that hands the core child its link token (the `--link-token` flag's).
-LINK_TOKEN_ENV = "STREAMGATE_LINK_TOKEN"
 
 
 async def _core_address(read_end: int) -> str:
@@ -68,7 +67,7 @@ async def serve(options: list[str], core_argv: list[str], bridge_config: Callabl
             "--ready-fd",
             str(write_end),
             pass_fds=(write_end,),
-            env={**os.environ, LINK_TOKEN_ENV: link_token},
+            env={**os.environ, TOKEN_ENV: link_token},
         )
     finally:
         os.close(write_end)  # the child holds its own copy: EOF here when it exits

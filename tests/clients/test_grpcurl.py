@@ -55,10 +55,11 @@ async def test_reflection_lists_the_service(core: CoreServer) -> None:
     services = out.split()
     assert SERVICE in services
     assert "grpc.health.v1.Health" in services
+    assert "streamgate.link.v1.LinkService" not in services  # the bridge's link is internal
 
     code, out, err = await grpcurl("-plaintext", core.address, "list", SERVICE)
     assert code == 0, err
-    assert sorted(out.split()) == [f"{SERVICE}.Generate", f"{SERVICE}.GetMetrics", f"{SERVICE}.Relay"]
+    assert sorted(out.split()) == [f"{SERVICE}.Generate", f"{SERVICE}.GetMetrics"]
 
 
 async def test_generate_streams_chunks_then_one_completion(core: CoreServer) -> None:

@@ -1068,436 +1068,6 @@ func (x *GetMetricsResponse) GetDraining() bool {
 	return false
 }
 
-// RelayRequest is a batch of commands from a Relay client.
-type RelayRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Commands      []*RelayCommand        `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RelayRequest) Reset() {
-	*x = RelayRequest{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RelayRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RelayRequest) ProtoMessage() {}
-
-func (x *RelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
-func (*RelayRequest) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{12}
-}
-
-func (x *RelayRequest) GetCommands() []*RelayCommand {
-	if x != nil {
-		return x.Commands
-	}
-	return nil
-}
-
-// RelayCommand opens or cancels one stream of a Relay call.
-type RelayCommand struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Chosen by the client, unique among the streams open on the call.
-	StreamId uint64 `protobuf:"varint,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
-	// Types that are valid to be assigned to Command:
-	//
-	//	*RelayCommand_Open
-	//	*RelayCommand_Cancel
-	Command       isRelayCommand_Command `protobuf_oneof:"command"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RelayCommand) Reset() {
-	*x = RelayCommand{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RelayCommand) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RelayCommand) ProtoMessage() {}
-
-func (x *RelayCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RelayCommand.ProtoReflect.Descriptor instead.
-func (*RelayCommand) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{13}
-}
-
-func (x *RelayCommand) GetStreamId() uint64 {
-	if x != nil {
-		return x.StreamId
-	}
-	return 0
-}
-
-func (x *RelayCommand) GetCommand() isRelayCommand_Command {
-	if x != nil {
-		return x.Command
-	}
-	return nil
-}
-
-func (x *RelayCommand) GetOpen() *RelayOpen {
-	if x != nil {
-		if x, ok := x.Command.(*RelayCommand_Open); ok {
-			return x.Open
-		}
-	}
-	return nil
-}
-
-func (x *RelayCommand) GetCancel() *RelayCancel {
-	if x != nil {
-		if x, ok := x.Command.(*RelayCommand_Cancel); ok {
-			return x.Cancel
-		}
-	}
-	return nil
-}
-
-type isRelayCommand_Command interface {
-	isRelayCommand_Command()
-}
-
-type RelayCommand_Open struct {
-	Open *RelayOpen `protobuf:"bytes,2,opt,name=open,proto3,oneof"`
-}
-
-type RelayCommand_Cancel struct {
-	Cancel *RelayCancel `protobuf:"bytes,3,opt,name=cancel,proto3,oneof"`
-}
-
-func (*RelayCommand_Open) isRelayCommand_Command() {}
-
-func (*RelayCommand_Cancel) isRelayCommand_Command() {}
-
-// RelayOpen starts a stream, as a Generate call would.
-type RelayOpen struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Request *GenerateRequest       `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
-	// The credentials, as Generate's authorization metadata: "Bearer <API key>".
-	Authorization string `protobuf:"bytes,2,opt,name=authorization,proto3" json:"authorization,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RelayOpen) Reset() {
-	*x = RelayOpen{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[14]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RelayOpen) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RelayOpen) ProtoMessage() {}
-
-func (x *RelayOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[14]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RelayOpen.ProtoReflect.Descriptor instead.
-func (*RelayOpen) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{14}
-}
-
-func (x *RelayOpen) GetRequest() *GenerateRequest {
-	if x != nil {
-		return x.Request
-	}
-	return nil
-}
-
-func (x *RelayOpen) GetAuthorization() string {
-	if x != nil {
-		return x.Authorization
-	}
-	return ""
-}
-
-// RelayCancel stops a stream: the core closes its upstream request and
-// sends nothing more for it than the frames already on their way.
-type RelayCancel struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RelayCancel) Reset() {
-	*x = RelayCancel{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[15]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RelayCancel) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RelayCancel) ProtoMessage() {}
-
-func (x *RelayCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[15]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RelayCancel.ProtoReflect.Descriptor instead.
-func (*RelayCancel) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{15}
-}
-
-// RelayResponse is a batch of frames from the server.
-type RelayResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Frames        []*RelayFrame          `protobuf:"bytes,1,rep,name=frames,proto3" json:"frames,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RelayResponse) Reset() {
-	*x = RelayResponse{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[16]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RelayResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RelayResponse) ProtoMessage() {}
-
-func (x *RelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[16]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
-func (*RelayResponse) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{16}
-}
-
-func (x *RelayResponse) GetFrames() []*RelayFrame {
-	if x != nil {
-		return x.Frames
-	}
-	return nil
-}
-
-// RelayFrame is one step of one stream of a Relay call.
-type RelayFrame struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	StreamId uint64                 `protobuf:"varint,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
-	// Types that are valid to be assigned to Frame:
-	//
-	//	*RelayFrame_Admitted
-	//	*RelayFrame_Refused
-	//	*RelayFrame_Event
-	Frame         isRelayFrame_Frame `protobuf_oneof:"frame"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RelayFrame) Reset() {
-	*x = RelayFrame{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[17]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RelayFrame) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RelayFrame) ProtoMessage() {}
-
-func (x *RelayFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[17]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RelayFrame.ProtoReflect.Descriptor instead.
-func (*RelayFrame) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{17}
-}
-
-func (x *RelayFrame) GetStreamId() uint64 {
-	if x != nil {
-		return x.StreamId
-	}
-	return 0
-}
-
-func (x *RelayFrame) GetFrame() isRelayFrame_Frame {
-	if x != nil {
-		return x.Frame
-	}
-	return nil
-}
-
-func (x *RelayFrame) GetAdmitted() *RelayAdmitted {
-	if x != nil {
-		if x, ok := x.Frame.(*RelayFrame_Admitted); ok {
-			return x.Admitted
-		}
-	}
-	return nil
-}
-
-func (x *RelayFrame) GetRefused() *Error {
-	if x != nil {
-		if x, ok := x.Frame.(*RelayFrame_Refused); ok {
-			return x.Refused
-		}
-	}
-	return nil
-}
-
-func (x *RelayFrame) GetEvent() *GenerateResponse {
-	if x != nil {
-		if x, ok := x.Frame.(*RelayFrame_Event); ok {
-			return x.Event
-		}
-	}
-	return nil
-}
-
-type isRelayFrame_Frame interface {
-	isRelayFrame_Frame()
-}
-
-type RelayFrame_Admitted struct {
-	// The stream was admitted; its events follow.
-	Admitted *RelayAdmitted `protobuf:"bytes,2,opt,name=admitted,proto3,oneof"`
-}
-
-type RelayFrame_Refused struct {
-	// The stream was refused before it started (the status Generate would
-	// end with): only code, message and retryable are set. Nothing follows.
-	Refused *Error `protobuf:"bytes,3,opt,name=refused,proto3,oneof"`
-}
-
-type RelayFrame_Event struct {
-	// One event of the stream, the last one a Completion or an Error.
-	Event *GenerateResponse `protobuf:"bytes,4,opt,name=event,proto3,oneof"`
-}
-
-func (*RelayFrame_Admitted) isRelayFrame_Frame() {}
-
-func (*RelayFrame_Refused) isRelayFrame_Frame() {}
-
-func (*RelayFrame_Event) isRelayFrame_Frame() {}
-
-// RelayAdmitted says that a stream was admitted.
-type RelayAdmitted struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RelayAdmitted) Reset() {
-	*x = RelayAdmitted{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[18]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RelayAdmitted) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RelayAdmitted) ProtoMessage() {}
-
-func (x *RelayAdmitted) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[18]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RelayAdmitted.ProtoReflect.Descriptor instead.
-func (*RelayAdmitted) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{18}
-}
-
-func (x *RelayAdmitted) GetRequestId() string {
-	if x != nil {
-		return x.RequestId
-	}
-	return ""
-}
-
 var File_streamgate_v1_streamgate_proto protoreflect.FileDescriptor
 
 const file_streamgate_v1_streamgate_proto_rawDesc = "" +
@@ -1594,30 +1164,7 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\vttft_ms_p99\x18\t \x01(\x01R\tttftMsP99\x121\n" +
 	"\x15tokens_per_second_p50\x18\n" +
 	" \x01(\x01R\x12tokensPerSecondP50\x12\x1a\n" +
-	"\bdraining\x18\v \x01(\bR\bdraining\"G\n" +
-	"\fRelayRequest\x127\n" +
-	"\bcommands\x18\x01 \x03(\v2\x1b.streamgate.v1.RelayCommandR\bcommands\"\x9c\x01\n" +
-	"\fRelayCommand\x12\x1b\n" +
-	"\tstream_id\x18\x01 \x01(\x04R\bstreamId\x12.\n" +
-	"\x04open\x18\x02 \x01(\v2\x18.streamgate.v1.RelayOpenH\x00R\x04open\x124\n" +
-	"\x06cancel\x18\x03 \x01(\v2\x1a.streamgate.v1.RelayCancelH\x00R\x06cancelB\t\n" +
-	"\acommand\"k\n" +
-	"\tRelayOpen\x128\n" +
-	"\arequest\x18\x01 \x01(\v2\x1e.streamgate.v1.GenerateRequestR\arequest\x12$\n" +
-	"\rauthorization\x18\x02 \x01(\tR\rauthorization\"\r\n" +
-	"\vRelayCancel\"B\n" +
-	"\rRelayResponse\x121\n" +
-	"\x06frames\x18\x01 \x03(\v2\x19.streamgate.v1.RelayFrameR\x06frames\"\xd9\x01\n" +
-	"\n" +
-	"RelayFrame\x12\x1b\n" +
-	"\tstream_id\x18\x01 \x01(\x04R\bstreamId\x12:\n" +
-	"\badmitted\x18\x02 \x01(\v2\x1c.streamgate.v1.RelayAdmittedH\x00R\badmitted\x120\n" +
-	"\arefused\x18\x03 \x01(\v2\x14.streamgate.v1.ErrorH\x00R\arefused\x127\n" +
-	"\x05event\x18\x04 \x01(\v2\x1f.streamgate.v1.GenerateResponseH\x00R\x05eventB\a\n" +
-	"\x05frame\".\n" +
-	"\rRelayAdmitted\x12\x1d\n" +
-	"\n" +
-	"request_id\x18\x01 \x01(\tR\trequestId*\xfc\x01\n" +
+	"\bdraining\x18\v \x01(\bR\bdraining*\xfc\x01\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bERROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x1e\n" +
@@ -1626,12 +1173,11 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\x1cERROR_CODE_DEADLINE_EXCEEDED\x10\x04\x12\x18\n" +
 	"\x14ERROR_CODE_CANCELLED\x10\x05\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\x06\x12\x17\n" +
-	"\x13ERROR_CODE_INTERNAL\x10\a2\xfd\x01\n" +
+	"\x13ERROR_CODE_INTERNAL\x10\a2\xb5\x01\n" +
 	"\x11StreamGateService\x12M\n" +
 	"\bGenerate\x12\x1e.streamgate.v1.GenerateRequest\x1a\x1f.streamgate.v1.GenerateResponse0\x01\x12Q\n" +
 	"\n" +
-	"GetMetrics\x12 .streamgate.v1.GetMetricsRequest\x1a!.streamgate.v1.GetMetricsResponse\x12F\n" +
-	"\x05Relay\x12\x1b.streamgate.v1.RelayRequest\x1a\x1c.streamgate.v1.RelayResponse(\x010\x01Bm\n" +
+	"GetMetrics\x12 .streamgate.v1.GetMetricsRequest\x1a!.streamgate.v1.GetMetricsResponseBm\n" +
 	"\x11dev.streamgate.v1B\x0fStreamgateProtoP\x01ZEgithub.com/streamgate/streamgate/clients/go/streamgatev1;streamgatev1b\x06proto3"
 
 var (
@@ -1647,7 +1193,7 @@ func file_streamgate_v1_streamgate_proto_rawDescGZIP() []byte {
 }
 
 var file_streamgate_v1_streamgate_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_streamgate_v1_streamgate_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_streamgate_v1_streamgate_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_streamgate_v1_streamgate_proto_goTypes = []any{
 	(ErrorCode)(0),               // 0: streamgate.v1.ErrorCode
 	(*ChatMessage)(nil),          // 1: streamgate.v1.ChatMessage
@@ -1662,19 +1208,12 @@ var file_streamgate_v1_streamgate_proto_goTypes = []any{
 	(*GetMetricsRequest)(nil),    // 10: streamgate.v1.GetMetricsRequest
 	(*OutcomeCount)(nil),         // 11: streamgate.v1.OutcomeCount
 	(*GetMetricsResponse)(nil),   // 12: streamgate.v1.GetMetricsResponse
-	(*RelayRequest)(nil),         // 13: streamgate.v1.RelayRequest
-	(*RelayCommand)(nil),         // 14: streamgate.v1.RelayCommand
-	(*RelayOpen)(nil),            // 15: streamgate.v1.RelayOpen
-	(*RelayCancel)(nil),          // 16: streamgate.v1.RelayCancel
-	(*RelayResponse)(nil),        // 17: streamgate.v1.RelayResponse
-	(*RelayFrame)(nil),           // 18: streamgate.v1.RelayFrame
-	(*RelayAdmitted)(nil),        // 19: streamgate.v1.RelayAdmitted
-	(*durationpb.Duration)(nil),  // 20: google.protobuf.Duration
+	(*durationpb.Duration)(nil),  // 13: google.protobuf.Duration
 }
 var file_streamgate_v1_streamgate_proto_depIdxs = []int32{
 	1,  // 0: streamgate.v1.GenerateRequest.messages:type_name -> streamgate.v1.ChatMessage
 	2,  // 1: streamgate.v1.GenerateRequest.parameters:type_name -> streamgate.v1.GenerationParameters
-	20, // 2: streamgate.v1.GenerateRequest.timeout:type_name -> google.protobuf.Duration
+	13, // 2: streamgate.v1.GenerateRequest.timeout:type_name -> google.protobuf.Duration
 	5,  // 3: streamgate.v1.GenerateResponse.chunk:type_name -> streamgate.v1.Chunk
 	8,  // 4: streamgate.v1.GenerateResponse.completion:type_name -> streamgate.v1.Completion
 	9,  // 5: streamgate.v1.GenerateResponse.error:type_name -> streamgate.v1.Error
@@ -1684,25 +1223,15 @@ var file_streamgate_v1_streamgate_proto_depIdxs = []int32{
 	6,  // 9: streamgate.v1.Error.usage:type_name -> streamgate.v1.Usage
 	7,  // 10: streamgate.v1.Error.metrics:type_name -> streamgate.v1.StreamMetrics
 	11, // 11: streamgate.v1.GetMetricsResponse.outcomes:type_name -> streamgate.v1.OutcomeCount
-	14, // 12: streamgate.v1.RelayRequest.commands:type_name -> streamgate.v1.RelayCommand
-	15, // 13: streamgate.v1.RelayCommand.open:type_name -> streamgate.v1.RelayOpen
-	16, // 14: streamgate.v1.RelayCommand.cancel:type_name -> streamgate.v1.RelayCancel
-	3,  // 15: streamgate.v1.RelayOpen.request:type_name -> streamgate.v1.GenerateRequest
-	18, // 16: streamgate.v1.RelayResponse.frames:type_name -> streamgate.v1.RelayFrame
-	19, // 17: streamgate.v1.RelayFrame.admitted:type_name -> streamgate.v1.RelayAdmitted
-	9,  // 18: streamgate.v1.RelayFrame.refused:type_name -> streamgate.v1.Error
-	4,  // 19: streamgate.v1.RelayFrame.event:type_name -> streamgate.v1.GenerateResponse
-	3,  // 20: streamgate.v1.StreamGateService.Generate:input_type -> streamgate.v1.GenerateRequest
-	10, // 21: streamgate.v1.StreamGateService.GetMetrics:input_type -> streamgate.v1.GetMetricsRequest
-	13, // 22: streamgate.v1.StreamGateService.Relay:input_type -> streamgate.v1.RelayRequest
-	4,  // 23: streamgate.v1.StreamGateService.Generate:output_type -> streamgate.v1.GenerateResponse
-	12, // 24: streamgate.v1.StreamGateService.GetMetrics:output_type -> streamgate.v1.GetMetricsResponse
-	17, // 25: streamgate.v1.StreamGateService.Relay:output_type -> streamgate.v1.RelayResponse
-	23, // [23:26] is the sub-list for method output_type
-	20, // [20:23] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	3,  // 12: streamgate.v1.StreamGateService.Generate:input_type -> streamgate.v1.GenerateRequest
+	10, // 13: streamgate.v1.StreamGateService.GetMetrics:input_type -> streamgate.v1.GetMetricsRequest
+	4,  // 14: streamgate.v1.StreamGateService.Generate:output_type -> streamgate.v1.GenerateResponse
+	12, // 15: streamgate.v1.StreamGateService.GetMetrics:output_type -> streamgate.v1.GetMetricsResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_streamgate_v1_streamgate_proto_init() }
@@ -1718,22 +1247,13 @@ func file_streamgate_v1_streamgate_proto_init() {
 	}
 	file_streamgate_v1_streamgate_proto_msgTypes[7].OneofWrappers = []any{}
 	file_streamgate_v1_streamgate_proto_msgTypes[8].OneofWrappers = []any{}
-	file_streamgate_v1_streamgate_proto_msgTypes[13].OneofWrappers = []any{
-		(*RelayCommand_Open)(nil),
-		(*RelayCommand_Cancel)(nil),
-	}
-	file_streamgate_v1_streamgate_proto_msgTypes[17].OneofWrappers = []any{
-		(*RelayFrame_Admitted)(nil),
-		(*RelayFrame_Refused)(nil),
-		(*RelayFrame_Event)(nil),
-	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamgate_v1_streamgate_proto_rawDesc), len(file_streamgate_v1_streamgate_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

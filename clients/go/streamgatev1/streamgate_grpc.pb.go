@@ -21,7 +21,6 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	StreamGateService_Generate_FullMethodName   = "/streamgate.v1.StreamGateService/Generate"
 	StreamGateService_GetMetrics_FullMethodName = "/streamgate.v1.StreamGateService/GetMetrics"
-	StreamGateService_Relay_FullMethodName      = "/streamgate.v1.StreamGateService/Relay"
 )
 
 // StreamGateServiceClient is the client API for StreamGateService service.
@@ -40,19 +39,6 @@ type StreamGateServiceClient interface {
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GenerateResponse], error)
 	// GetMetrics returns the aggregate metrics of this server.
 	GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (*GetMetricsResponse, error)
-	// Relay carries many streams over one call: it is the bridge's link to the
-	// core, where a call per stream would cost more than the tokens it moves.
-	//
-	// The client opens and cancels streams with commands; the server answers
-	// with frames, batched and tagged with the stream they belong to. For each
-	// opened stream it sends either one refused frame, or one admitted frame
-	// and then the stream's events, as Generate would send them, up to exactly
-	// one final Completion or Error. Chunks of one stream that wait together
-	// may be sent as one chunk (when the server coalesces). Ending the call
-	// cancels every stream it carries. A command that breaks this protocol (a
-	// stream id that is already open, a command with neither open nor cancel)
-	// ends the call with INVALID_ARGUMENT.
-	Relay(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RelayRequest, RelayResponse], error)
 }
 
 type streamGateServiceClient struct {
@@ -92,19 +78,6 @@ func (c *streamGateServiceClient) GetMetrics(ctx context.Context, in *GetMetrics
 	return out, nil
 }
 
-func (c *streamGateServiceClient) Relay(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RelayRequest, RelayResponse], error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &StreamGateService_ServiceDesc.Streams[1], StreamGateService_Relay_FullMethodName, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	x := &grpc.GenericClientStream[RelayRequest, RelayResponse]{ClientStream: stream}
-	return x, nil
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type StreamGateService_RelayClient = grpc.BidiStreamingClient[RelayRequest, RelayResponse]
-
 // StreamGateServiceServer is the server API for StreamGateService service.
 // All implementations must embed UnimplementedStreamGateServiceServer
 // for forward compatibility.
@@ -121,19 +94,6 @@ type StreamGateServiceServer interface {
 	Generate(*GenerateRequest, grpc.ServerStreamingServer[GenerateResponse]) error
 	// GetMetrics returns the aggregate metrics of this server.
 	GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error)
-	// Relay carries many streams over one call: it is the bridge's link to the
-	// core, where a call per stream would cost more than the tokens it moves.
-	//
-	// The client opens and cancels streams with commands; the server answers
-	// with frames, batched and tagged with the stream they belong to. For each
-	// opened stream it sends either one refused frame, or one admitted frame
-	// and then the stream's events, as Generate would send them, up to exactly
-	// one final Completion or Error. Chunks of one stream that wait together
-	// may be sent as one chunk (when the server coalesces). Ending the call
-	// cancels every stream it carries. A command that breaks this protocol (a
-	// stream id that is already open, a command with neither open nor cancel)
-	// ends the call with INVALID_ARGUMENT.
-	Relay(grpc.BidiStreamingServer[RelayRequest, RelayResponse]) error
 	mustEmbedUnimplementedStreamGateServiceServer()
 }
 
@@ -149,9 +109,6 @@ func (UnimplementedStreamGateServiceServer) Generate(*GenerateRequest, grpc.Serv
 }
 func (UnimplementedStreamGateServiceServer) GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMetrics not implemented")
-}
-func (UnimplementedStreamGateServiceServer) Relay(grpc.BidiStreamingServer[RelayRequest, RelayResponse]) error {
-	return status.Error(codes.Unimplemented, "method Relay not implemented")
 }
 func (UnimplementedStreamGateServiceServer) mustEmbedUnimplementedStreamGateServiceServer() {}
 func (UnimplementedStreamGateServiceServer) testEmbeddedByValue()                           {}
@@ -203,13 +160,6 @@ func _StreamGateService_GetMetrics_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
-func _StreamGateService_Relay_Handler(srv interface{}, stream grpc.ServerStream) error {
-	return srv.(StreamGateServiceServer).Relay(&grpc.GenericServerStream[RelayRequest, RelayResponse]{ServerStream: stream})
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type StreamGateService_RelayServer = grpc.BidiStreamingServer[RelayRequest, RelayResponse]
-
 // StreamGateService_ServiceDesc is the grpc.ServiceDesc for StreamGateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -227,12 +177,6 @@ var StreamGateService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Generate",
 			Handler:       _StreamGateService_Generate_Handler,
 			ServerStreams: true,
-		},
-		{
-			StreamName:    "Relay",
-			Handler:       _StreamGateService_Relay_Handler,
-			ServerStreams: true,
-			ClientStreams: true,
 		},
 	},
 	Metadata: "streamgate/v1/streamgate.proto",

@@ -19,6 +19,8 @@ from prometheus_client import start_http_server
 
 from streamgate.core import Gateway, LiteLLMConfig, LiteLLMProvider
 from streamgate.core.auth import Keyring
+from streamgate.link.server import LinkServicer
+from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
@@ -65,7 +67,8 @@ class CoreServer:
         self.config = config
         self.server_config = server_config or CoreServerConfig()
         self.gateway = Gateway(LiteLLMProvider(config))
-        self.servicer = StreamGateServicer(self.gateway, self.server_config.keyring, self.server_config.link_token)
+        self.servicer = StreamGateServicer(self.gateway, self.server_config.keyring)
+        self.link = LinkServicer(self.gateway, self.server_config.keyring, self.server_config.link_token)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None
@@ -87,6 +90,7 @@ class CoreServer:
             ],
         )
         pb_grpc.add_StreamGateServiceServicer_to_server(self.servicer, server)
+        link_grpc.add_LinkServiceServicer_to_server(self.link, server)  # internal: not in reflection
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -120,7 +124,7 @@ class CoreServer:
         grace = self.server_config.drain_grace if grace is None else grace
         await self.health.enter_graceful_shutdown()
         await self.gateway.drain(grace)
-        self.servicer.close_relays()  # their streams have ended: let the calls end too, not wait for stop()
+        self.link.close()  # their streams have ended: let the calls end too, not wait for stop()
         if self._server is not None:
             await self._server.stop(1.0)
         await self.gateway.provider.close()

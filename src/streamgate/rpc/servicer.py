@@ -13,7 +13,6 @@ it leaks the call: grpc/grpc#43360).
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,8 +25,6 @@ from streamgate.core.auth import Keyring
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
-from .relay import RelaySession
-
 logger = logging.getLogger("streamgate.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -35,22 +32,12 @@ REQUEST_ID_HEADER = "x-request-id"
 AUTHORIZATION = "authorization"
 #: Seconds before the client's deadline at which the core ends the stream itself.
 DEADLINE_MARGIN = 0.05
-#: Metadata key of the link token a `Relay` call (the bridge's link) must carry.
-LINK_TOKEN_HEADER = "x-streamgate-link-token"
-RELAY_OFF = (
-    "Relay is the bridge's link and is off on this core: start the core and the bridge with the same"
-    " STREAMGATE_LINK_TOKEN (streamgate serve sets one itself)"
-)
-RELAY_WRONG_TOKEN = f"Relay needs the link token the core was started with ({LINK_TOKEN_HEADER} metadata)"
 
 
 class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
-    def __init__(self, gateway: Gateway, keyring: Keyring | None = None, link_token: str | None = None) -> None:
-        """`link_token`: the secret a `Relay` call must carry; None refuses every Relay call."""
+    def __init__(self, gateway: Gateway, keyring: Keyring | None = None) -> None:
         self.gateway = gateway
         self.keyring = keyring or Keyring()
-        self.relays: set[RelaySession] = set()
-        self._link_token = link_token.encode() if link_token else None
 
     def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         """The API key's holder from the `authorization` metadata; raises UNAUTHENTICATED."""
@@ -86,35 +73,6 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
                 yield event_to_proto(event)
                 if isinstance(event, Failure):
                     await context.abort(GRPC_STATUS[event.error.code], event.error.message)
-
-    async def Relay(  # type: ignore[override]  # grpc.aio: a bidi handler may write with context.write
-        self,
-        request_iterator: AsyncIterator[pb.RelayRequest],
-        context: grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse],
-    ) -> None:
-        """Many streams over this one call (the bridge's link): see `relay.py`.
-
-        Only for a bridge: the call must carry the core's link token, compared in constant time
-        (never logged); without one configured, every Relay call is refused.
-        """
-        if self._link_token is None:
-            logger.debug("relay call from %s refused: no link token configured", context.peer())
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, RELAY_OFF)
-        presented = dict(context.invocation_metadata() or ()).get(LINK_TOKEN_HEADER)
-        if not (isinstance(presented, str) and hmac.compare_digest(presented.encode(), self._link_token)):
-            logger.debug("relay call from %s refused: missing or wrong link token", context.peer())
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, RELAY_WRONG_TOKEN)
-        session = RelaySession(self.gateway, self.keyring, context)
-        self.relays.add(session)
-        try:
-            await session.run()
-        finally:
-            self.relays.discard(session)
-
-    def close_relays(self) -> None:
-        """End every Relay call once the streams it carries have ended (shutdown, after the drain)."""
-        for session in self.relays:
-            session.close()
 
     async def GetMetrics(
         self,

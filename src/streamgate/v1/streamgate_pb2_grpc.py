@@ -45,11 +45,6 @@ class StreamGateServiceStub:
                 request_serializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsResponse.FromString,
                 _registered_method=True)
-        self.Relay = channel.stream_stream(
-                '/streamgate.v1.StreamGateService/Relay',
-                request_serializer=streamgate_dot_v1_dot_streamgate__pb2.RelayRequest.SerializeToString,
-                response_deserializer=streamgate_dot_v1_dot_streamgate__pb2.RelayResponse.FromString,
-                _registered_method=True)
 
 
 class StreamGateServiceServicer:
@@ -76,24 +71,6 @@ class StreamGateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Relay(self, request_iterator, context):
-        """Relay carries many streams over one call: it is the bridge's link to the
-        core, where a call per stream would cost more than the tokens it moves.
-
-        The client opens and cancels streams with commands; the server answers
-        with frames, batched and tagged with the stream they belong to. For each
-        opened stream it sends either one refused frame, or one admitted frame
-        and then the stream's events, as Generate would send them, up to exactly
-        one final Completion or Error. Chunks of one stream that wait together
-        may be sent as one chunk (when the server coalesces). Ending the call
-        cancels every stream it carries. A command that breaks this protocol (a
-        stream id that is already open, a command with neither open nor cancel)
-        ends the call with INVALID_ARGUMENT.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_StreamGateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,11 +83,6 @@ def add_StreamGateServiceServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsRequest.FromString,
                     response_serializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsResponse.SerializeToString,
-            ),
-            'Relay': grpc.stream_stream_rpc_method_handler(
-                    servicer.Relay,
-                    request_deserializer=streamgate_dot_v1_dot_streamgate__pb2.RelayRequest.FromString,
-                    response_serializer=streamgate_dot_v1_dot_streamgate__pb2.RelayResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -168,33 +140,6 @@ class StreamGateService:
             '/streamgate.v1.StreamGateService/GetMetrics',
             streamgate_dot_v1_dot_streamgate__pb2.GetMetricsRequest.SerializeToString,
             streamgate_dot_v1_dot_streamgate__pb2.GetMetricsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Relay(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/streamgate.v1.StreamGateService/Relay',
-            streamgate_dot_v1_dot_streamgate__pb2.RelayRequest.SerializeToString,
-            streamgate_dot_v1_dot_streamgate__pb2.RelayResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,20 +44,6 @@ class StreamGateServiceStub:
     """
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_streamgate_pb2.GetMetricsRequest, _streamgate_pb2.GetMetricsResponse]
     """GetMetrics returns the aggregate metrics of this server."""
-    Relay: _grpc.StreamStreamMultiCallable[_streamgate_pb2.RelayRequest, _streamgate_pb2.RelayResponse]
-    """Relay carries many streams over one call: it is the bridge's link to the
-    core, where a call per stream would cost more than the tokens it moves.
-
-    The client opens and cancels streams with commands; the server answers
-    with frames, batched and tagged with the stream they belong to. For each
-    opened stream it sends either one refused frame, or one admitted frame
-    and then the stream's events, as Generate would send them, up to exactly
-    one final Completion or Error. Chunks of one stream that wait together
-    may be sent as one chunk (when the server coalesces). Ending the call
-    cancels every stream it carries. A command that breaks this protocol (a
-    stream id that is already open, a command with neither open nor cancel)
-    ends the call with INVALID_ARGUMENT.
-    """
 
 @_typing.type_check_only
 class StreamGateServiceAsyncStub(StreamGateServiceStub):
@@ -75,20 +61,6 @@ class StreamGateServiceAsyncStub(StreamGateServiceStub):
     """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_streamgate_pb2.GetMetricsRequest, _streamgate_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """GetMetrics returns the aggregate metrics of this server."""
-    Relay: _aio.StreamStreamMultiCallable[_streamgate_pb2.RelayRequest, _streamgate_pb2.RelayResponse]  # type: ignore[assignment]
-    """Relay carries many streams over one call: it is the bridge's link to the
-    core, where a call per stream would cost more than the tokens it moves.
-
-    The client opens and cancels streams with commands; the server answers
-    with frames, batched and tagged with the stream they belong to. For each
-    opened stream it sends either one refused frame, or one admitted frame
-    and then the stream's events, as Generate would send them, up to exactly
-    one final Completion or Error. Chunks of one stream that wait together
-    may be sent as one chunk (when the server coalesces). Ending the call
-    cancels every stream it carries. A command that breaks this protocol (a
-    stream id that is already open, a command with neither open nor cancel)
-    ends the call with INVALID_ARGUMENT.
-    """
 
 class StreamGateServiceServicer(metaclass=_abc_1.ABCMeta):
     """StreamGateService streams LLM output from any litellm provider."""
@@ -115,25 +87,5 @@ class StreamGateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_streamgate_pb2.GetMetricsResponse, _abc.Awaitable[_streamgate_pb2.GetMetricsResponse]]:
         """GetMetrics returns the aggregate metrics of this server."""
-
-    @_abc_1.abstractmethod
-    def Relay(
-        self,
-        request_iterator: _MaybeAsyncIterator[_streamgate_pb2.RelayRequest],
-        context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_streamgate_pb2.RelayResponse], _abc.AsyncIterator[_streamgate_pb2.RelayResponse]]:
-        """Relay carries many streams over one call: it is the bridge's link to the
-        core, where a call per stream would cost more than the tokens it moves.
-
-        The client opens and cancels streams with commands; the server answers
-        with frames, batched and tagged with the stream they belong to. For each
-        opened stream it sends either one refused frame, or one admitted frame
-        and then the stream's events, as Generate would send them, up to exactly
-        one final Completion or Error. Chunks of one stream that wait together
-        may be sent as one chunk (when the server coalesces). Ending the call
-        cancels every stream it carries. A command that breaks this protocol (a
-        stream id that is already open, a command with neither open nor cancel)
-        ends the call with INVALID_ARGUMENT.
-        """
 
 def add_StreamGateServiceServicer_to_server(servicer: StreamGateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

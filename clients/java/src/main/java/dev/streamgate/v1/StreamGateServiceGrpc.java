@@ -77,37 +77,6 @@ public final class StreamGateServiceGrpc {
     return getGetMetricsMethod;
   }
 
-  private static volatile io.grpc.MethodDescriptor<dev.streamgate.v1.RelayRequest,
-      dev.streamgate.v1.RelayResponse> getRelayMethod;
-
-  @io.grpc.stub.annotations.RpcMethod(
-      fullMethodName = SERVICE_NAME + '/' + "Relay",
-      requestType = dev.streamgate.v1.RelayRequest.class,
-      responseType = dev.streamgate.v1.RelayResponse.class,
-      methodType = io.grpc.MethodDescriptor.MethodType.BIDI_STREAMING)
-  public static io.grpc.MethodDescriptor<dev.streamgate.v1.RelayRequest,
-      dev.streamgate.v1.RelayResponse> getRelayMethod() {
-    io.grpc.MethodDescriptor<dev.streamgate.v1.RelayRequest, dev.streamgate.v1.RelayResponse> getRelayMethod;
-    if ((getRelayMethod = StreamGateServiceGrpc.getRelayMethod) == null) {
-      synchronized (StreamGateServiceGrpc.class) {
-        if ((getRelayMethod = StreamGateServiceGrpc.getRelayMethod) == null) {
-          StreamGateServiceGrpc.getRelayMethod = getRelayMethod =
-              io.grpc.MethodDescriptor.<dev.streamgate.v1.RelayRequest, dev.streamgate.v1.RelayResponse>newBuilder()
-              .setType(io.grpc.MethodDescriptor.MethodType.BIDI_STREAMING)
-              .setFullMethodName(generateFullMethodName(SERVICE_NAME, "Relay"))
-              .setSampledToLocalTracing(true)
-              .setRequestMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
-                  dev.streamgate.v1.RelayRequest.getDefaultInstance()))
-              .setResponseMarshaller(io.grpc.protobuf.ProtoUtils.marshaller(
-                  dev.streamgate.v1.RelayResponse.getDefaultInstance()))
-              .setSchemaDescriptor(new StreamGateServiceMethodDescriptorSupplier("Relay"))
-              .build();
-        }
-      }
-    }
-    return getRelayMethod;
-  }
-
   /**
    * Creates a new async stub that supports all call types for the service
    */
@@ -198,26 +167,6 @@ public final class StreamGateServiceGrpc {
         io.grpc.stub.StreamObserver<dev.streamgate.v1.GetMetricsResponse> responseObserver) {
       io.grpc.stub.ServerCalls.asyncUnimplementedUnaryCall(getGetMetricsMethod(), responseObserver);
     }
-
-    /**
-     * <pre>
-     * Relay carries many streams over one call: it is the bridge's link to the
-     * core, where a call per stream would cost more than the tokens it moves.
-     * The client opens and cancels streams with commands; the server answers
-     * with frames, batched and tagged with the stream they belong to. For each
-     * opened stream it sends either one refused frame, or one admitted frame
-     * and then the stream's events, as Generate would send them, up to exactly
-     * one final Completion or Error. Chunks of one stream that wait together
-     * may be sent as one chunk (when the server coalesces). Ending the call
-     * cancels every stream it carries. A command that breaks this protocol (a
-     * stream id that is already open, a command with neither open nor cancel)
-     * ends the call with INVALID_ARGUMENT.
-     * </pre>
-     */
-    default io.grpc.stub.StreamObserver<dev.streamgate.v1.RelayRequest> relay(
-        io.grpc.stub.StreamObserver<dev.streamgate.v1.RelayResponse> responseObserver) {
-      return io.grpc.stub.ServerCalls.asyncUnimplementedStreamingCall(getRelayMethod(), responseObserver);
-    }
   }
 
   /**
@@ -279,27 +228,6 @@ public final class StreamGateServiceGrpc {
       io.grpc.stub.ClientCalls.asyncUnaryCall(
           getChannel().newCall(getGetMetricsMethod(), getCallOptions()), request, responseObserver);
     }
-
-    /**
-     * <pre>
-     * Relay carries many streams over one call: it is the bridge's link to the
-     * core, where a call per stream would cost more than the tokens it moves.
-     * The client opens and cancels streams with commands; the server answers
-     * with frames, batched and tagged with the stream they belong to. For each
-     * opened stream it sends either one refused frame, or one admitted frame
-     * and then the stream's events, as Generate would send them, up to exactly
-     * one final Completion or Error. Chunks of one stream that wait together
-     * may be sent as one chunk (when the server coalesces). Ending the call
-     * cancels every stream it carries. A command that breaks this protocol (a
-     * stream id that is already open, a command with neither open nor cancel)
-     * ends the call with INVALID_ARGUMENT.
-     * </pre>
-     */
-    public io.grpc.stub.StreamObserver<dev.streamgate.v1.RelayRequest> relay(
-        io.grpc.stub.StreamObserver<dev.streamgate.v1.RelayResponse> responseObserver) {
-      return io.grpc.stub.ClientCalls.asyncBidiStreamingCall(
-          getChannel().newCall(getRelayMethod(), getCallOptions()), responseObserver);
-    }
   }
 
   /**
@@ -346,28 +274,6 @@ public final class StreamGateServiceGrpc {
     public dev.streamgate.v1.GetMetricsResponse getMetrics(dev.streamgate.v1.GetMetricsRequest request) throws io.grpc.StatusException {
       return io.grpc.stub.ClientCalls.blockingV2UnaryCall(
           getChannel(), getGetMetricsMethod(), getCallOptions(), request);
-    }
-
-    /**
-     * <pre>
-     * Relay carries many streams over one call: it is the bridge's link to the
-     * core, where a call per stream would cost more than the tokens it moves.
-     * The client opens and cancels streams with commands; the server answers
-     * with frames, batched and tagged with the stream they belong to. For each
-     * opened stream it sends either one refused frame, or one admitted frame
-     * and then the stream's events, as Generate would send them, up to exactly
-     * one final Completion or Error. Chunks of one stream that wait together
-     * may be sent as one chunk (when the server coalesces). Ending the call
-     * cancels every stream it carries. A command that breaks this protocol (a
-     * stream id that is already open, a command with neither open nor cancel)
-     * ends the call with INVALID_ARGUMENT.
-     * </pre>
-     */
-    @io.grpc.ExperimentalApi("https://github.com/grpc/grpc-java/issues/10918")
-    public io.grpc.stub.BlockingClientCall<dev.streamgate.v1.RelayRequest, dev.streamgate.v1.RelayResponse>
-        relay() {
-      return io.grpc.stub.ClientCalls.blockingBidiStreamingCall(
-          getChannel(), getRelayMethod(), getCallOptions());
     }
   }
 
@@ -450,7 +356,6 @@ public final class StreamGateServiceGrpc {
 
   private static final int METHODID_GENERATE = 0;
   private static final int METHODID_GET_METRICS = 1;
-  private static final int METHODID_RELAY = 2;
 
   private static final class MethodHandlers<Req, Resp> implements
       io.grpc.stub.ServerCalls.UnaryMethod<Req, Resp>,
@@ -487,9 +392,6 @@ public final class StreamGateServiceGrpc {
     public io.grpc.stub.StreamObserver<Req> invoke(
         io.grpc.stub.StreamObserver<Resp> responseObserver) {
       switch (methodId) {
-        case METHODID_RELAY:
-          return (io.grpc.stub.StreamObserver<Req>) serviceImpl.relay(
-              (io.grpc.stub.StreamObserver<dev.streamgate.v1.RelayResponse>) responseObserver);
         default:
           throw new AssertionError();
       }
@@ -512,13 +414,6 @@ public final class StreamGateServiceGrpc {
               dev.streamgate.v1.GetMetricsRequest,
               dev.streamgate.v1.GetMetricsResponse>(
                 service, METHODID_GET_METRICS)))
-        .addMethod(
-          getRelayMethod(),
-          io.grpc.stub.ServerCalls.asyncBidiStreamingCall(
-            new MethodHandlers<
-              dev.streamgate.v1.RelayRequest,
-              dev.streamgate.v1.RelayResponse>(
-                service, METHODID_RELAY)))
         .build();
   }
 
@@ -569,7 +464,6 @@ public final class StreamGateServiceGrpc {
               .setSchemaDescriptor(new StreamGateServiceFileDescriptorSupplier())
               .addMethod(getGenerateMethod())
               .addMethod(getGetMetricsMethod())
-              .addMethod(getRelayMethod())
               .build();
         }
       }

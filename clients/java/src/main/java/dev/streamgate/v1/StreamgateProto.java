@@ -86,41 +86,6 @@ public final class StreamgateProto extends com.google.protobuf.GeneratedFile {
   static final 
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
       internal_static_streamgate_v1_GetMetricsResponse_fieldAccessorTable;
-  static final com.google.protobuf.Descriptors.Descriptor
-    internal_static_streamgate_v1_RelayRequest_descriptor;
-  static final 
-    com.google.protobuf.GeneratedMessage.FieldAccessorTable
-      internal_static_streamgate_v1_RelayRequest_fieldAccessorTable;
-  static final com.google.protobuf.Descriptors.Descriptor
-    internal_static_streamgate_v1_RelayCommand_descriptor;
-  static final 
-    com.google.protobuf.GeneratedMessage.FieldAccessorTable
-      internal_static_streamgate_v1_RelayCommand_fieldAccessorTable;
-  static final com.google.protobuf.Descriptors.Descriptor
-    internal_static_streamgate_v1_RelayOpen_descriptor;
-  static final 
-    com.google.protobuf.GeneratedMessage.FieldAccessorTable
-      internal_static_streamgate_v1_RelayOpen_fieldAccessorTable;
-  static final com.google.protobuf.Descriptors.Descriptor
-    internal_static_streamgate_v1_RelayCancel_descriptor;
-  static final 
-    com.google.protobuf.GeneratedMessage.FieldAccessorTable
-      internal_static_streamgate_v1_RelayCancel_fieldAccessorTable;
-  static final com.google.protobuf.Descriptors.Descriptor
-    internal_static_streamgate_v1_RelayResponse_descriptor;
-  static final 
-    com.google.protobuf.GeneratedMessage.FieldAccessorTable
-      internal_static_streamgate_v1_RelayResponse_fieldAccessorTable;
-  static final com.google.protobuf.Descriptors.Descriptor
-    internal_static_streamgate_v1_RelayFrame_descriptor;
-  static final 
-    com.google.protobuf.GeneratedMessage.FieldAccessorTable
-      internal_static_streamgate_v1_RelayFrame_fieldAccessorTable;
-  static final com.google.protobuf.Descriptors.Descriptor
-    internal_static_streamgate_v1_RelayAdmitted_descriptor;
-  static final 
-    com.google.protobuf.GeneratedMessage.FieldAccessorTable
-      internal_static_streamgate_v1_RelayAdmitted_fieldAccessorTable;
 
   public static com.google.protobuf.Descriptors.FileDescriptor
       getDescriptor() {
@@ -193,40 +158,21 @@ public final class StreamgateProto extends com.google.protobuf.GeneratedFile {
       "\022\036\n\013ttft_ms_p50\030\010 \001(\001R\tttftMsP50\022\036\n\013ttft" +
       "_ms_p99\030\t \001(\001R\tttftMsP99\0221\n\025tokens_per_s" +
       "econd_p50\030\n \001(\001R\022tokensPerSecondP50\022\032\n\010d" +
-      "raining\030\013 \001(\010R\010draining\"G\n\014RelayRequest\022" +
-      "7\n\010commands\030\001 \003(\0132\033.streamgate.v1.RelayC" +
-      "ommandR\010commands\"\234\001\n\014RelayCommand\022\033\n\tstr" +
-      "eam_id\030\001 \001(\004R\010streamId\022.\n\004open\030\002 \001(\0132\030.s" +
-      "treamgate.v1.RelayOpenH\000R\004open\0224\n\006cancel" +
-      "\030\003 \001(\0132\032.streamgate.v1.RelayCancelH\000R\006ca" +
-      "ncelB\t\n\007command\"k\n\tRelayOpen\0228\n\007request\030" +
-      "\001 \001(\0132\036.streamgate.v1.GenerateRequestR\007r" +
-      "equest\022$\n\rauthorization\030\002 \001(\tR\rauthoriza" +
-      "tion\"\r\n\013RelayCancel\"B\n\rRelayResponse\0221\n\006" +
-      "frames\030\001 \003(\0132\031.streamgate.v1.RelayFrameR" +
-      "\006frames\"\331\001\n\nRelayFrame\022\033\n\tstream_id\030\001 \001(" +
-      "\004R\010streamId\022:\n\010admitted\030\002 \001(\0132\034.streamga" +
-      "te.v1.RelayAdmittedH\000R\010admitted\0220\n\007refus" +
-      "ed\030\003 \001(\0132\024.streamgate.v1.ErrorH\000R\007refuse" +
-      "d\0227\n\005event\030\004 \001(\0132\037.streamgate.v1.Generat" +
-      "eResponseH\000R\005eventB\007\n\005frame\".\n\rRelayAdmi" +
-      "tted\022\035\n\nrequest_id\030\001 \001(\tR\trequestId*\374\001\n\t" +
-      "ErrorCode\022\032\n\026ERROR_CODE_UNSPECIFIED\020\000\022\037\n" +
-      "\033ERROR_CODE_INVALID_ARGUMENT\020\001\022\036\n\032ERROR_" +
-      "CODE_UNAUTHENTICATED\020\002\022!\n\035ERROR_CODE_RES" +
-      "OURCE_EXHAUSTED\020\003\022 \n\034ERROR_CODE_DEADLINE" +
-      "_EXCEEDED\020\004\022\030\n\024ERROR_CODE_CANCELLED\020\005\022\032\n" +
-      "\026ERROR_CODE_UNAVAILABLE\020\006\022\027\n\023ERROR_CODE_" +
-      "INTERNAL\020\0072\375\001\n\021StreamGateService\022M\n\010Gene" +
-      "rate\022\036.streamgate.v1.GenerateRequest\032\037.s" +
-      "treamgate.v1.GenerateResponse0\001\022Q\n\nGetMe" +
-      "trics\022 .streamgate.v1.GetMetricsRequest\032" +
-      "!.streamgate.v1.GetMetricsResponse\022F\n\005Re" +
-      "lay\022\033.streamgate.v1.RelayRequest\032\034.strea" +
-      "mgate.v1.RelayResponse(\0010\001Bm\n\021dev.stream" +
-      "gate.v1B\017StreamgateProtoP\001ZEgithub.com/s" +
-      "treamgate/streamgate/clients/go/streamga" +
-      "tev1;streamgatev1b\006proto3"
+      "raining\030\013 \001(\010R\010draining*\374\001\n\tErrorCode\022\032\n" +
+      "\026ERROR_CODE_UNSPECIFIED\020\000\022\037\n\033ERROR_CODE_" +
+      "INVALID_ARGUMENT\020\001\022\036\n\032ERROR_CODE_UNAUTHE" +
+      "NTICATED\020\002\022!\n\035ERROR_CODE_RESOURCE_EXHAUS" +
+      "TED\020\003\022 \n\034ERROR_CODE_DEADLINE_EXCEEDED\020\004\022" +
+      "\030\n\024ERROR_CODE_CANCELLED\020\005\022\032\n\026ERROR_CODE_" +
+      "UNAVAILABLE\020\006\022\027\n\023ERROR_CODE_INTERNAL\020\0072\265" +
+      "\001\n\021StreamGateService\022M\n\010Generate\022\036.strea" +
+      "mgate.v1.GenerateRequest\032\037.streamgate.v1" +
+      ".GenerateResponse0\001\022Q\n\nGetMetrics\022 .stre" +
+      "amgate.v1.GetMetricsRequest\032!.streamgate" +
+      ".v1.GetMetricsResponseBm\n\021dev.streamgate" +
+      ".v1B\017StreamgateProtoP\001ZEgithub.com/strea" +
+      "mgate/streamgate/clients/go/streamgatev1" +
+      ";streamgatev1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -305,48 +251,6 @@ public final class StreamgateProto extends com.google.protobuf.GeneratedFile {
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_streamgate_v1_GetMetricsResponse_descriptor,
         new java.lang.String[] { "ActiveStreams", "StreamsStarted", "StreamsRejected", "Outcomes", "PromptTokens", "CompletionTokens", "CostUsd", "TtftMsP50", "TtftMsP99", "TokensPerSecondP50", "Draining", });
-    internal_static_streamgate_v1_RelayRequest_descriptor =
-      getDescriptor().getMessageType(12);
-    internal_static_streamgate_v1_RelayRequest_fieldAccessorTable = new
-      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
-        internal_static_streamgate_v1_RelayRequest_descriptor,
-        new java.lang.String[] { "Commands", });
-    internal_static_streamgate_v1_RelayCommand_descriptor =
-      getDescriptor().getMessageType(13);
-    internal_static_streamgate_v1_RelayCommand_fieldAccessorTable = new
-      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
-        internal_static_streamgate_v1_RelayCommand_descriptor,
-        new java.lang.String[] { "StreamId", "Open", "Cancel", "Command", });
-    internal_static_streamgate_v1_RelayOpen_descriptor =
-      getDescriptor().getMessageType(14);
-    internal_static_streamgate_v1_RelayOpen_fieldAccessorTable = new
-      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
-        internal_static_streamgate_v1_RelayOpen_descriptor,
-        new java.lang.String[] { "Request", "Authorization", });
-    internal_static_streamgate_v1_RelayCancel_descriptor =
-      getDescriptor().getMessageType(15);
-    internal_static_streamgate_v1_RelayCancel_fieldAccessorTable = new
-      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
-        internal_static_streamgate_v1_RelayCancel_descriptor,
-        new java.lang.String[] { });
-    internal_static_streamgate_v1_RelayResponse_descriptor =
-      getDescriptor().getMessageType(16);
-    internal_static_streamgate_v1_RelayResponse_fieldAccessorTable = new
-      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
-        internal_static_streamgate_v1_RelayResponse_descriptor,
-        new java.lang.String[] { "Frames", });
-    internal_static_streamgate_v1_RelayFrame_descriptor =
-      getDescriptor().getMessageType(17);
-    internal_static_streamgate_v1_RelayFrame_fieldAccessorTable = new
-      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
-        internal_static_streamgate_v1_RelayFrame_descriptor,
-        new java.lang.String[] { "StreamId", "Admitted", "Refused", "Event", "Frame", });
-    internal_static_streamgate_v1_RelayAdmitted_descriptor =
-      getDescriptor().getMessageType(18);
-    internal_static_streamgate_v1_RelayAdmitted_fieldAccessorTable = new
-      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
-        internal_static_streamgate_v1_RelayAdmitted_descriptor,
-        new java.lang.String[] { "RequestId", });
     descriptor.resolveAllFeaturesImmutable();
     com.google.protobuf.DurationProto.getDescriptor();
   }

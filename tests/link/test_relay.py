@@ -15,33 +15,37 @@ import aiohttp
 import grpc
 import pytest
 
-from streamgate.bridges import core_client
 from streamgate.core.auth import Keyring
-from streamgate.rpc import relay
+from streamgate.link import client as core_client
+from streamgate.link import server as relay
+from streamgate.link._wire import TOKEN_HEADER as LINK_TOKEN_HEADER
+from streamgate.link.v1 import link_pb2 as link_pb
+from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.rpc.server import CoreServer
-from streamgate.rpc.servicer import LINK_TOKEN_HEADER
 from streamgate.testing.upstream import FakeUpstream, Scenario, token
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 from tests.conftest import LINK_TOKEN, BridgeFactory, Client, CoreFactory, collect, eventually
 
 
-def open_(stream_id: int, query: str = "hi", model: str = "", authorization: str = "") -> pb.RelayCommand:
+def open_(stream_id: int, query: str = "hi", model: str = "", authorization: str = "") -> link_pb.RelayCommand:
     request = pb.GenerateRequest(query=query, model=model)
-    return pb.RelayCommand(stream_id=stream_id, open=pb.RelayOpen(request=request, authorization=authorization))
+    return link_pb.RelayCommand(
+        stream_id=stream_id, open=link_pb.RelayOpen(request=request, authorization=authorization)
+    )
 
 
-def cancel(stream_id: int) -> pb.RelayCommand:
-    return pb.RelayCommand(stream_id=stream_id, cancel=pb.RelayCancel())
+def cancel(stream_id: int) -> link_pb.RelayCommand:
+    return link_pb.RelayCommand(stream_id=stream_id, cancel=link_pb.RelayCancel())
 
 
 @dataclass
 class Streams:
     """What a Relay call sent, by stream id, in order."""
 
-    frames: dict[int, list[pb.RelayFrame]] = field(default_factory=lambda: defaultdict(list))
+    frames: dict[int, list[link_pb.RelayFrame]] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, response: pb.RelayResponse) -> None:
+    def add(self, response: link_pb.RelayResponse) -> None:
         for frame in response.frames:
             assert not self.ended(frame.stream_id), f"a frame after the final one: {frame}"
             self.frames[frame.stream_id].append(frame)
@@ -72,7 +76,7 @@ class Streams:
 class Link:
     """A Relay call read in the background."""
 
-    def __init__(self, stub: pb_grpc.StreamGateServiceStub, token: str | None = LINK_TOKEN) -> None:
+    def __init__(self, stub: link_grpc.LinkServiceStub, token: str | None = LINK_TOKEN) -> None:
         self.call = stub.Relay(metadata=((LINK_TOKEN_HEADER, token),) if token is not None else None)
         self.streams = Streams()
         self.reader = asyncio.create_task(self._read())
@@ -81,8 +85,8 @@ class Link:
         async for response in self.call:
             self.streams.add(response)
 
-    async def send(self, *commands: pb.RelayCommand) -> None:
-        await self.call.write(pb.RelayRequest(commands=commands))
+    async def send(self, *commands: link_pb.RelayCommand) -> None:
+        await self.call.write(link_pb.RelayRequest(commands=commands))
 
     async def ended(self, *stream_ids: int, within: float = 5.0) -> None:
         await eventually(lambda: all(self.streams.ended(s) for s in stream_ids), within=within)
@@ -90,7 +94,7 @@ class Link:
 
 @pytest.fixture
 async def link(client: Client) -> AsyncIterator[Link]:
-    link = Link(client.stub)
+    link = Link(link_grpc.LinkServiceStub(client.channel))
     yield link
     link.call.cancel()
     await asyncio.gather(link.reader, return_exceptions=True)
@@ -122,7 +126,7 @@ async def test_a_refused_stream_gets_one_refused_frame_and_the_others_go_on(
 ) -> None:
     core = await make_core(allowed_models=("openai/fake",))
     async with grpc.aio.insecure_channel(core.address) as channel:
-        link = Link(pb_grpc.StreamGateServiceStub(channel))
+        link = Link(link_grpc.LinkServiceStub(channel))
         await link.send(open_(1), open_(2, model="openai/other"), open_(3, query=""))
         await link.ended(1, 2, 3)
         assert link.streams.kinds(1)[-1] == "completion"
@@ -191,7 +195,7 @@ async def test_after_the_client_stops_writing_the_open_streams_still_finish(link
 async def test_each_stream_is_authenticated_with_its_own_key(make_core: CoreFactory, upstream: FakeUpstream) -> None:
     core = await make_core(keyring=Keyring.from_lines(["alice: alice-secret-key-1"]))
     async with grpc.aio.insecure_channel(core.address) as channel:
-        link = Link(pb_grpc.StreamGateServiceStub(channel))
+        link = Link(link_grpc.LinkServiceStub(channel))
         await link.send(
             open_(1, authorization="Bearer alice-secret-key-1"),
             open_(2),
@@ -218,7 +222,7 @@ async def test_with_coalescing_chunks_that_waited_together_come_as_one(
     upstream.default = Scenario(tokens=400)
     core = await make_core(coalesce=True)
     async with grpc.aio.insecure_channel(core.address) as channel:
-        link = Link(pb_grpc.StreamGateServiceStub(channel))
+        link = Link(link_grpc.LinkServiceStub(channel))
         await link.send(*(open_(i) for i in range(1, 5)))
         await link.ended(1, 2, 3, 4)
         link.call.cancel()
@@ -234,7 +238,7 @@ async def test_drain_ends_the_relay_call_after_the_final_frames_of_its_streams(
     upstream.default = Scenario(tokens=200, delay=0.02)
     core = await make_core()
     async with grpc.aio.insecure_channel(core.address) as channel:
-        link = Link(pb_grpc.StreamGateServiceStub(channel))
+        link = Link(link_grpc.LinkServiceStub(channel))
         await link.send(open_(1), open_(2))
         await eventually(lambda: all(link.streams.kinds(s).count("chunk") >= 2 for s in (1, 2)))
 
@@ -264,7 +268,7 @@ async def test_a_relay_call_without_the_link_token_is_refused_and_starts_nothing
     core: CoreServer, upstream: FakeUpstream, token: str | None
 ) -> None:
     async with grpc.aio.insecure_channel(core.address) as channel:
-        link = Link(pb_grpc.StreamGateServiceStub(channel), token=token)
+        link = Link(link_grpc.LinkServiceStub(channel), token=token)
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await link.send(open_(1), open_(2))
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -274,7 +278,7 @@ async def test_a_relay_call_without_the_link_token_is_refused_and_starts_nothing
     assert LINK_TOKEN not in (raised.value.details() or "")
     metrics = core.gateway.metrics.snapshot(draining=False)
     assert (metrics.streams_started, metrics.streams_rejected) == (0, 0), "no stream was even considered"
-    assert not core.servicer.relays and not link.streams.frames
+    assert not core.link.sessions and not link.streams.frames
     assert upstream.counters.started == 0
 
 
@@ -283,7 +287,7 @@ async def test_a_core_without_a_link_token_refuses_every_relay_call_and_says_how
 ) -> None:
     core = await make_core(link_token=None)
     async with grpc.aio.insecure_channel(core.address) as channel:
-        link = Link(pb_grpc.StreamGateServiceStub(channel))  # with the token the others have
+        link = Link(link_grpc.LinkServiceStub(channel))  # with the token the others have
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await link.send(open_(1))
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -312,7 +316,7 @@ async def test_a_bridge_with_another_link_token_answers_503_and_logs_why(
 
 
 def only_session(core: CoreServer) -> relay.RelaySession:
-    (session,) = core.servicer.relays
+    (session,) = core.link.sessions
     return session
 
 
@@ -327,17 +331,17 @@ async def test_a_client_that_does_not_read_cannot_make_the_core_buffer_more(
     # Chunk by chunk: an event is one token, so what may pass the bound (an event a stream) is small.
     core = await make_core(max_concurrent_streams=3, coalesce=False)
     async with grpc.aio.insecure_channel(core.address) as channel:
-        call = pb_grpc.StreamGateServiceStub(channel).Relay(metadata=((LINK_TOKEN_HEADER, LINK_TOKEN),))
+        call = link_grpc.LinkServiceStub(channel).Relay(metadata=((LINK_TOKEN_HEADER, LINK_TOKEN),))
         sent = 0
 
         async def flood() -> None:
             nonlocal sent
             for batch in range(2000):
-                await call.write(pb.RelayRequest(commands=[open_(batch * 100 + i + 1) for i in range(100)]))
+                await call.write(link_pb.RelayRequest(commands=[open_(batch * 100 + i + 1) for i in range(100)]))
                 sent += 100
 
         flooding = asyncio.create_task(flood())
-        await eventually(lambda: len(core.servicer.relays) == 1)
+        await eventually(lambda: len(core.link.sessions) == 1)
         session = only_session(core)
         peak, until = 0, time.monotonic() + 2.0
         while time.monotonic() < until:
@@ -354,7 +358,7 @@ async def test_a_client_that_does_not_read_cannot_make_the_core_buffer_more(
         call.cancel()
         flooding.cancel()
         await asyncio.gather(flooding, return_exceptions=True)
-    await eventually(lambda: core.gateway.active_streams == 0 and not core.servicer.relays, within=3.0)
+    await eventually(lambda: core.gateway.active_streams == 0 and not core.link.sessions, within=3.0)
     await eventually(lambda: upstream.counters.active == 0, within=3.0)
 
 
@@ -379,9 +383,9 @@ async def test_a_stream_over_its_bound_waits_for_the_reader_then_its_text_arrive
         ("grpc.http2.bdp_probe", 0),  # a small receive window: the core's writer waits for this client soon
     ]
     async with grpc.aio.insecure_channel(core.address, options=options) as channel:
-        call = pb_grpc.StreamGateServiceStub(channel).Relay(metadata=((LINK_TOKEN_HEADER, LINK_TOKEN),))
-        await call.write(pb.RelayRequest(commands=[open_(1)]))
-        await eventually(lambda: len(core.servicer.relays) == 1)
+        call = link_grpc.LinkServiceStub(channel).Relay(metadata=((LINK_TOKEN_HEADER, LINK_TOKEN),))
+        await call.write(link_pb.RelayRequest(commands=[open_(1)]))
+        await eventually(lambda: len(core.link.sessions) == 1)
         session = only_session(core)
         peak, until = 0, time.monotonic() + 1.0
         while time.monotonic() < until:  # nobody reads
@@ -394,7 +398,7 @@ async def test_a_stream_over_its_bound_waits_for_the_reader_then_its_text_arrive
         streams = Streams()
         while not streams.ended(1):
             response = await asyncio.wait_for(call.read(), 5.0)
-            assert isinstance(response, pb.RelayResponse)
+            assert isinstance(response, link_pb.RelayResponse)
             streams.add(response)
         call.cancel()
     expected = "".join(words[i % len(words)] for i in range(tokens))
@@ -403,7 +407,7 @@ async def test_a_stream_over_its_bound_waits_for_the_reader_then_its_text_arrive
     assert indexes == sorted(set(indexes)), "chunks in order, none twice"
 
 
-class DeafCore(pb_grpc.StreamGateServiceServicer):
+class DeafCore(link_grpc.LinkServiceServicer):
     """A core that takes the link and reads no command (as one whose outbox stays full)."""
 
     async def Relay(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
@@ -414,7 +418,7 @@ async def test_the_bridge_holds_back_opens_for_a_core_that_reads_no_commands(mon
     bound = 256 * 1024
     monkeypatch.setattr(core_client, "COMMAND_BYTES", bound)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
-    pb_grpc.add_StreamGateServiceServicer_to_server(DeafCore(), server)
+    link_grpc.add_LinkServiceServicer_to_server(DeafCore(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     client = core_client.CoreClient(f"127.0.0.1:{port}", link_token=LINK_TOKEN)

@@ -6,7 +6,7 @@ plain HTTP error. `CoreStream` then yields the core's events; if the link
 breaks before the final event (the core died), it makes the final `Failure`
 itself, with the text received so far.
 
-One call carries all streams (see `streamgate/rpc/relay.py` for why): a
+One call carries all streams (see `streamgate/link/server.py` for why): a
 reader task hands each frame to its stream, a writer task sends the open and
 cancel commands in batches. A link that broke fails the streams it carried;
 the next `open()` starts a new one. The call carries the core's link token
@@ -47,19 +47,19 @@ from streamgate.contract import (
     error_from_status,
     event_from_proto,
 )
+from streamgate.link._wire import BATCH_BYTES, TOKEN_HEADER
+from streamgate.link.v1 import link_pb2 as link_pb
+from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
-from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
 logger = logging.getLogger("streamgate.bridge")
 
 CORE_UNAVAILABLE = "the core is unavailable"
 #: A batch of commands stops growing past this many bytes: well under the 16 MiB a gRPC message may have.
-BATCH_BYTES = 4 * 1024 * 1024
 #: What the commands waiting for the writer may hold (about one more batch than the one being written).
 #: Over it, `open()` waits until the writer took them (cancels never wait: they are small, one a stream).
 COMMAND_BYTES = BATCH_BYTES
 #: Metadata key of the core's link token (see `streamgate/rpc/servicer.py`).
-LINK_TOKEN_HEADER = "x-streamgate-link-token"
 LOST = StreamError(ErrorCode.UNAVAILABLE, "lost the connection to the core", retryable=True)
 
 
@@ -219,12 +219,12 @@ class CoreStream:
 class _Link:
     """One `Relay` call and the streams it carries."""
 
-    def __init__(self, stub: pb_grpc.StreamGateServiceAsyncStub, coalesce: bool, link_token: str | None) -> None:
-        self._call = stub.Relay(metadata=((LINK_TOKEN_HEADER, link_token),) if link_token else None)
+    def __init__(self, stub: link_grpc.LinkServiceAsyncStub, coalesce: bool, link_token: str | None) -> None:
+        self._call = stub.Relay(metadata=((TOKEN_HEADER, link_token),) if link_token else None)
         self.coalesce = coalesce
         self._streams: dict[int, CoreStream] = {}
         self._ids = itertools.count(1)
-        self._commands: list[tuple[pb.RelayCommand, int]] = []  # and each one's size
+        self._commands: list[tuple[link_pb.RelayCommand, int]] = []  # and each one's size
         #: Bytes of the commands waiting for the writer.
         self.pending = 0
         self._ready = asyncio.Event()
@@ -236,7 +236,7 @@ class _Link:
     def open(self, request: pb.GenerateRequest, authorization: str | None) -> CoreStream:
         stream = CoreStream(self, next(self._ids))
         self._streams[stream.stream_id] = stream
-        command = pb.RelayCommand(stream_id=stream.stream_id, open=pb.RelayOpen(request=request))
+        command = link_pb.RelayCommand(stream_id=stream.stream_id, open=link_pb.RelayOpen(request=request))
         if authorization:
             command.open.authorization = authorization
         self._send(command)
@@ -244,7 +244,7 @@ class _Link:
 
     def cancel(self, stream_id: int) -> None:
         if self.broken is None:
-            self._send(pb.RelayCommand(stream_id=stream_id, cancel=pb.RelayCancel()))
+            self._send(link_pb.RelayCommand(stream_id=stream_id, cancel=link_pb.RelayCancel()))
 
     def forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
@@ -260,7 +260,7 @@ class _Link:
             took.clear()
             await took.wait()
 
-    def _send(self, command: pb.RelayCommand) -> None:
+    def _send(self, command: link_pb.RelayCommand) -> None:
         size = command.ByteSize()
         self._commands.append((command, size))
         self.pending += size
@@ -282,7 +282,7 @@ class _Link:
                     self._ready.clear()
                 self.pending -= size
                 self._took.set()
-                await call.write(pb.RelayRequest(commands=[command for command, _ in batch]))
+                await call.write(link_pb.RelayRequest(commands=[command for command, _ in batch]))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the call ended: the reader says why
         except Exception:  # a bug: end the call, so that the reader fails every stream instead of leaving it hanging
@@ -294,7 +294,7 @@ class _Link:
         error = StreamError(ErrorCode.UNAVAILABLE, CORE_UNAVAILABLE, retryable=True)
         try:
             while (response := await self._call.read()) is not grpc.aio.EOF:
-                assert isinstance(response, pb.RelayResponse)
+                assert isinstance(response, link_pb.RelayResponse)
                 for frame in response.frames:
                     stream = streams.get(frame.stream_id)
                     if stream is None:
@@ -351,7 +351,7 @@ class CoreClient:
                 ("grpc.max_reconnect_backoff_ms", 1_000),
             ],
         )
-        self._stub = pb_grpc.StreamGateServiceStub(self._channel)
+        self._stub = link_grpc.LinkServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._link: _Link | None = None
 

@@ -34,21 +34,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 
 from streamgate.contract import GRPC_STATUS, error_to_proto, event_to_proto, invalid, request_from_proto
 from streamgate.core import Chunk, ErrorCode, Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
+from streamgate.link.v1 import link_pb2 as link_pb
+from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
+
+from ._wire import BATCH_BYTES, TOKEN_ENV, TOKEN_HEADER
 
 logger = logging.getLogger("streamgate.rpc")
 
 #: Seconds the writer waits after a write, so that more frames join the next batch.
 RELAY_PAUSE = 0.001
-#: A batch stops growing past this many bytes: well under the 16 MiB a gRPC message may have.
-BATCH_BYTES = 4 * 1024 * 1024
 #: What the outbox of one call may hold (about one more batch than the one being written). Over it,
 #: the call reads no more commands and every stream waits for the writer before its next event.
 OUTBOX_BYTES = BATCH_BYTES
@@ -61,7 +65,7 @@ STREAM_BYTES = BATCH_BYTES // 16
 #: or admission then puts its frame in the outbox, and the outbox's bound holds the next ones back).
 OPENS_PER_YIELD = 64
 
-RelayContext = grpc.aio.ServicerContext[pb.RelayRequest, pb.RelayResponse]
+RelayContext = grpc.aio.ServicerContext[link_pb.RelayRequest, link_pb.RelayResponse]
 
 
 class _Stream:
@@ -81,7 +85,9 @@ class _Item:
 
     __slots__ = ("frame", "index", "parts", "size", "stream")
 
-    def __init__(self, stream: _Stream, frame: pb.RelayFrame | None, index: int, parts: list[str], size: int) -> None:
+    def __init__(
+        self, stream: _Stream, frame: link_pb.RelayFrame | None, index: int, parts: list[str], size: int
+    ) -> None:
         self.stream = stream
         self.frame = frame
         self.index = index
@@ -126,7 +132,7 @@ class _Outbox:
         self._closed = True
         self._ready.set()
 
-    def frame(self, stream: _Stream, frame: pb.RelayFrame, urgent: bool = False) -> None:
+    def frame(self, stream: _Stream, frame: link_pb.RelayFrame, urgent: bool = False) -> None:
         stream.open = None
         size = frame.ByteSize()
         self._items.append(_Item(stream, frame, 0, [], size))
@@ -162,7 +168,7 @@ class _Outbox:
             took.clear()
             await took.wait()
 
-    async def take(self) -> list[pb.RelayFrame] | None:
+    async def take(self) -> list[link_pb.RelayFrame] | None:
         """What is waiting, once there is something, up to about `BATCH_BYTES`; None once closed and empty."""
         await self._ready.wait()
         items = self._items
@@ -178,7 +184,7 @@ class _Outbox:
         taken, self._items = (items, []) if count == len(items) else (items[:count], items[count:])
         if not self._items and not self._closed:
             self._ready.clear()
-        batch: list[pb.RelayFrame] = []
+        batch: list[link_pb.RelayFrame] = []
         taken_size = 0
         for item in taken:
             taken_size += item.size
@@ -189,7 +195,7 @@ class _Outbox:
                 if stream.open is item:
                     stream.open = None  # on its way: later text starts a new chunk
                 chunk = pb.Chunk(content="".join(item.parts), index=item.index)
-                frame = pb.RelayFrame(stream_id=stream.id, event=pb.GenerateResponse(chunk=chunk))
+                frame = link_pb.RelayFrame(stream_id=stream.id, event=pb.GenerateResponse(chunk=chunk))
             batch.append(frame)
         self.size -= taken_size
         self._took.set()
@@ -248,7 +254,7 @@ class RelaySession:
                         self._reading = False
                     if request is grpc.aio.EOF:
                         break
-                    assert isinstance(request, pb.RelayRequest)
+                    assert isinstance(request, link_pb.RelayRequest)
                     opens = 0
                     try:
                         for command in request.commands:
@@ -277,7 +283,7 @@ class RelaySession:
             writer.cancel()
             await asyncio.wait([writer])  # its own failure, if any, was logged by `_writer_done`
 
-    def _command(self, command: pb.RelayCommand) -> bool:
+    def _command(self, command: link_pb.RelayCommand) -> bool:
         """Start (True) or cancel (False) a stream; raises `StreamError(INVALID_ARGUMENT)` for a command
         that breaks the protocol."""
         stream_id = command.stream_id
@@ -300,7 +306,7 @@ class RelaySession:
         if self._tasks.get(stream_id) is task:  # not a later stream that reused the id
             del self._tasks[stream_id]
 
-    async def _serve(self, stream_id: int, command: pb.RelayOpen) -> None:
+    async def _serve(self, stream_id: int, command: link_pb.RelayOpen) -> None:
         outbox = self._outbox
         place = _Stream(stream_id)
         request_id, ended = None, False
@@ -309,18 +315,18 @@ class RelaySession:
                 principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
                 stream = self._gateway.open(request_from_proto(command.request, principal))
             except StreamError as error:
-                outbox.frame(place, pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
+                outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
                 return
             request_id = stream.request.request_id
-            admitted = pb.RelayAdmitted(request_id=request_id)
-            outbox.frame(place, pb.RelayFrame(stream_id=stream_id, admitted=admitted), urgent=True)
+            admitted = link_pb.RelayAdmitted(request_id=request_id)
+            outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, admitted=admitted), urgent=True)
             async with stream:
                 async for event in stream:
                     if isinstance(event, Chunk):
                         if outbox.chunk(place, event):
                             await outbox.room(place)  # over a bound: the next event waits for the writer
                         continue
-                    frame = pb.RelayFrame(stream_id=stream_id, event=event_to_proto(event))
+                    frame = link_pb.RelayFrame(stream_id=stream_id, event=event_to_proto(event))
                     ended = True
                     outbox.frame(place, frame)
                     if isinstance(event, Failure):
@@ -331,11 +337,11 @@ class RelaySession:
                 return
             internal = StreamError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
             if request_id is None:
-                outbox.frame(place, pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(internal)))
+                outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(internal)))
             else:
                 final = error_to_proto(internal)
                 final.request_id = request_id
-                outbox.frame(place, pb.RelayFrame(stream_id=stream_id, event=pb.GenerateResponse(error=final)))
+                outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, event=pb.GenerateResponse(error=final)))
 
     def _writer_done(self, writer: asyncio.Task[None]) -> None:
         """A writer that failed would leave every stream of the call without frames: end the call instead."""
@@ -348,7 +354,7 @@ class RelaySession:
     async def _write(self) -> None:
         context, outbox = self._context, self._outbox
         while (frames := await outbox.take()) is not None:
-            await context.write(pb.RelayResponse(frames=frames))
+            await context.write(link_pb.RelayResponse(frames=frames))
             # At most one write a millisecond: what arrives meanwhile shares the next message.
             # A write costs about 50-80 µs of CPU on each side whatever it carries; at 400 paced
             # streams this cut server CPU per token by about a third (benchmarks, A/B). A frame
@@ -359,3 +365,50 @@ class RelaySession:
                     async with asyncio.timeout(RELAY_PAUSE):
                         await outbox.urgent.wait()
             outbox.urgent.clear()
+
+
+RELAY_OFF = (
+    "Relay is the bridge's link and is off on this core: start the core and the bridge with the same"
+    f" {TOKEN_ENV} (streamgate serve sets one itself)"
+)
+RELAY_WRONG_TOKEN = f"Relay needs the link token the core was started with ({TOKEN_HEADER} metadata)"
+
+
+class LinkServicer(link_grpc.LinkServiceServicer):
+    """The core's end of the link: `Relay` calls from bridges that hold the link token."""
+
+    def __init__(self, gateway: Gateway, keyring: Keyring, link_token: str | None) -> None:
+        """`link_token`: the secret a `Relay` call must carry; None refuses every Relay call."""
+        self.gateway = gateway
+        self.keyring = keyring
+        self.sessions: set[RelaySession] = set()
+        self._link_token = link_token.encode() if link_token else None
+
+    async def Relay(  # type: ignore[override]  # grpc.aio: a bidi handler may write with context.write
+        self,
+        request_iterator: AsyncIterator[link_pb.RelayRequest],
+        context: RelayContext,
+    ) -> None:
+        """Many streams over this one call (the bridge's link): see the module's docstring.
+
+        Only for a bridge: the call must carry the core's link token, compared in constant time
+        (never logged); without one configured, every Relay call is refused.
+        """
+        if self._link_token is None:
+            logger.debug("relay call from %s refused: no link token configured", context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, RELAY_OFF)
+        presented = dict(context.invocation_metadata() or ()).get(TOKEN_HEADER)
+        if not (isinstance(presented, str) and hmac.compare_digest(presented.encode(), self._link_token)):
+            logger.debug("relay call from %s refused: missing or wrong link token", context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, RELAY_WRONG_TOKEN)
+        session = RelaySession(self.gateway, self.keyring, context)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    def close(self) -> None:
+        """End every Relay call once the streams it carries have ended (shutdown, after the drain)."""
+        for session in self.sessions:
+            session.close()
