@@ -14,10 +14,9 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 
-from streamgate.contract import StreamError, invalid
+from streamgate.contract import NO_QUERY, StreamError, check_timeout, invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
-NO_QUERY = "No query provided"
 PARAMETERS = frozenset(pb.GenerationParameters.DESCRIPTOR.fields_by_name)
 FIELDS = frozenset({"query", "messages", "model", "parameters", "request_id", "timeout", "type"}) | PARAMETERS
 #: A longer timeout is taken as this many seconds (about 31 years, within a protobuf Duration);
@@ -103,9 +102,7 @@ def _from_json(data: Any) -> pb.GenerateRequest:
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout):
             raise invalid("timeout must be a number of seconds")
-        if timeout <= 0:
-            raise invalid(f"timeout must be positive, got {timeout}")
-        timeout = min(timeout, MAX_TIMEOUT)  # longer means "no limit of mine": the core's own applies
+        timeout = min(check_timeout(timeout), MAX_TIMEOUT)  # longer means "no limit of mine": the core's own applies
         request.timeout.CopyFrom(Duration(seconds=int(timeout), nanos=int((timeout % 1) * 1e9)))
     return request
 

@@ -110,7 +110,7 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
         await write(framing.sse_final(core.failure(reason)))
 
     try:
-        if await state.relay(OpenStream(core), TRANSPORT, chunk, final, ended) != "disconnected":
+        if await state.forward(OpenStream(core), TRANSPORT, chunk, final, ended) != "disconnected":
             guard.begin()
             await response.write_eof()
             guard.end()

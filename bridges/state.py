@@ -166,7 +166,7 @@ class BridgeState:
         if not self.streams:
             self._idle.set()
 
-    async def relay(
+    async def forward(
         self,
         stream: OpenStream,
         transport: str,

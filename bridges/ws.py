@@ -153,7 +153,7 @@ class Session:
                 await send(framing.ws_final(core.failure(reason)))
 
         try:
-            await state.relay(self.current, TRANSPORT, chunk, final, ended)
+            await state.forward(self.current, TRANSPORT, chunk, final, ended)
         finally:
             self.current = None
 

@@ -79,8 +79,8 @@ async def test_an_unreachable_upstream_is_unavailable(make_core: CoreFactory) ->
 
 
 BAD_REQUESTS = {
-    "empty": (pb.GenerateRequest(), "no query provided"),
-    "blank query": (pb.GenerateRequest(query="   "), "no query provided"),
+    "empty": (pb.GenerateRequest(), "No query provided"),
+    "blank query": (pb.GenerateRequest(query="   "), "No query provided"),
     "empty messages": (
         pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content="")]),
         "every message is empty",

@@ -211,7 +211,7 @@ async def test_bad_input_gets_a_clear_final_error(openai_env: FakeUpstream) -> N
     role = _frames("".join([f async for f in handler.stream_sse([{"role": "robot", "content": "x"}])]))
     parameter = _frames("".join([f async for f in handler.stream_sse(messages, temprature=1)]))
 
-    assert "no query provided" in empty[0]["error"]
+    assert "No query provided" in empty[0]["error"]
     assert "role must be one of" in role[0]["error"]
     assert "unknown parameter(s): temprature" in parameter[0]["error"]
     assert openai_env.counters.started == 0

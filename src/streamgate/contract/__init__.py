@@ -21,6 +21,7 @@ from ._convert import (
 from ._errors import ErrorCode, StreamError, invalid
 from ._model import (
     MAX_REQUEST_ID,
+    NO_QUERY,
     ChatMessage,
     Chunk,
     Completion,
@@ -30,6 +31,7 @@ from ._model import (
     Metrics,
     StreamRequest,
     Usage,
+    check_timeout,
 )
 from ._status import ERROR_CODE, GRPC_STATUS, PROTO_CODE, RETRYABLE, error_from_status
 
@@ -37,6 +39,7 @@ __all__ = [
     "ERROR_CODE",
     "GRPC_STATUS",
     "MAX_REQUEST_ID",
+    "NO_QUERY",
     "PROTO_CODE",
     "RETRYABLE",
     "ChatMessage",
@@ -50,6 +53,7 @@ __all__ = [
     "StreamError",
     "StreamRequest",
     "Usage",
+    "check_timeout",
     "error_from_proto",
     "error_from_status",
     "error_to_proto",

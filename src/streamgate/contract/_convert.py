@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from streamgate.v1 import streamgate_pb2 as pb
 
-from ._errors import ErrorCode, StreamError, invalid
+from ._errors import ErrorCode, StreamError
 from ._model import (
     ChatMessage,
     Chunk,
@@ -39,8 +39,6 @@ def request_from_proto(message: pb.GenerateRequest, principal: str | None = None
     timeout = None
     if message.HasField("timeout"):
         timeout = message.timeout.seconds + message.timeout.nanos / 1e9  # (ToTimedelta overflows past 1e13 s)
-        if timeout <= 0:
-            raise invalid(f"timeout must be positive, got {timeout:g} s")
     return StreamRequest.create(
         messages=[ChatMessage(m.role, m.content, m.name or None) for m in message.messages],
         query=message.query or None,

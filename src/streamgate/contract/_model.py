@@ -15,6 +15,8 @@ MAX_MESSAGES = 1024
 MAX_PROMPT_CHARS = 4 * 1024 * 1024
 MAX_STOP_SEQUENCES = 4
 MAX_REQUEST_ID = 128
+#: What a request without a query is told, on every transport (the WebSocket's spec spells it so).
+NO_QUERY = "No query provided"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,13 @@ _PARAMETER_TYPES: dict[str, type] = {
 }
 
 
+def check_timeout(timeout: float) -> float:
+    """A request's timeout in seconds, if it is positive and finite; raises `StreamError(INVALID_ARGUMENT)`."""
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise invalid(f"timeout must be positive (a number of seconds), got {timeout:g}")
+    return timeout
+
+
 def _is_token(text: str, limit: int) -> bool:
     """1 to `limit` printable ASCII characters, no spaces: safe in headers, metadata and log lines."""
     return 0 < len(text) <= limit and text.isascii() and text.isprintable() and " " not in text
@@ -172,7 +181,7 @@ class StreamRequest:
         if query:
             chat = (ChatMessage("user", query),)
         if not chat:
-            raise invalid("no query provided: give a non-empty query or messages")
+            raise invalid(NO_QUERY)
         if len(chat) > MAX_MESSAGES:
             raise invalid(f"at most {MAX_MESSAGES} messages are allowed, got {len(chat)}")
         size = 0
@@ -181,11 +190,11 @@ class StreamRequest:
                 raise invalid(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}, got {message.role!r}")
             size += len(message.content)
         if not any(m.content.strip() for m in chat):
-            raise invalid("no query provided: every message is empty")
+            raise invalid(f"{NO_QUERY}: every message is empty")
         if size > MAX_PROMPT_CHARS:
             raise invalid(f"the prompt is {size} characters, more than the limit of {MAX_PROMPT_CHARS}")
-        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-            raise invalid(f"timeout must be a positive number of seconds, got {timeout}")
+        if timeout is not None:
+            check_timeout(timeout)
         if model is not None and not _is_token(model, 256):
             raise invalid("model must be a name of 1 to 256 printable ASCII characters, without spaces")
         if request_id and not _is_token(request_id, MAX_REQUEST_ID):
@@ -261,6 +270,7 @@ class Failure:
 Event = Chunk | Completion | Failure
 
 __all__ = [
+    "NO_QUERY",
     "ChatMessage",
     "Chunk",
     "Completion",
@@ -271,4 +281,5 @@ __all__ = [
     "StreamError",
     "StreamRequest",
     "Usage",
+    "check_timeout",
 ]

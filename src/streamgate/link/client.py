@@ -47,7 +47,7 @@ from streamgate.contract import (
     error_from_status,
     event_from_proto,
 )
-from streamgate.link._wire import BATCH_BYTES, TOKEN_HEADER
+from streamgate.link._wire import BATCH_BYTES, TOKEN_HEADER, client_keepalive
 from streamgate.link.v1 import link_pb2 as link_pb
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
@@ -344,9 +344,8 @@ class CoreClient:
             options=[
                 ("grpc.max_send_message_length", 16 * 1024 * 1024),
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                # Notice a dead core quickly, and reconnect quickly when it is back.
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 2_000),
+                # Notice a dead core quickly (pings the core's policy accepts), and reconnect quickly when it is back.
+                *client_keepalive(),
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 1_000),
             ],

@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 
 from streamgate.core import Gateway, LiteLLMConfig, LiteLLMProvider
 from streamgate.core.auth import Keyring
+from streamgate.link._wire import server_ping_policy
 from streamgate.link.server import LinkServicer
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
@@ -87,6 +88,7 @@ class CoreServer:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                *server_ping_policy(),  # the bridges' link pings (a link idle for minutes must live)
             ],
         )
         pb_grpc.add_StreamGateServiceServicer_to_server(self.servicer, server)
