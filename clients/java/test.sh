@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Test the Java client against a live core: fetch the pinned generator binaries (setup.sh), then
-# build and run the JUnit 5 tests with Maven Surefire. Needs the repository's .venv (scripts/setup).
+# Test the Java client against a live core: check the pinned generator binaries (setup.sh), then
+# build (which generates dev.streamgate.v1 from the repository's proto/) and run the JUnit 5 tests
+# with Maven Surefire. Needs the repository's .venv (scripts/setup).
 # Extra arguments go to Maven, e.g. clients/java/test.sh -Dtest=ClientTest#cancellingTheCallClosesTheUpstreamRequest
 set -euo pipefail
 cd "$(dirname "$0")"
