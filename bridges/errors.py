@@ -14,6 +14,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CANCELLED: 499,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.NOT_FOUND: 404,
 }
 
 #: Close codes (RFC 6455 and the IANA registry) for errors that end a WebSocket.

@@ -82,40 +82,64 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + _dumps(payload).encode() + b"\n\n"
 
 
-def sse_chunk(content: str) -> bytes:
-    """`sse_event({"content": content, "metadata": {}, "is_final": False})`, without building the dict
-    (the hot path: one call a token)."""
-    return b'data: {"content": ' + _dumps(content).encode() + b', "metadata": {}, "is_final": false}\n\n'
+def sse_retry(milliseconds: int) -> bytes:
+    """`retry:`: how long an `EventSource` waits before it reconnects (a block with no data: no event)."""
+    return b"retry: %d\n\n" % milliseconds
 
 
-def sse_final(event: Completion | Failure) -> bytes:
+def event_id(stream_id: str, sequence: int) -> bytes:
+    """An SSE `id:` line, `<stream id>:<sequence>`: what `EventSource` sends back as `Last-Event-ID`."""
+    return b"id: %s:%d\n" % (stream_id.encode(), sequence)
+
+
+def parse_event_id(value: str) -> tuple[str, int] | None:
+    """`<stream id>:<sequence>` from a `Last-Event-ID`; None when it is not one of ours."""
+    stream_id, sep, sequence = value.strip().rpartition(":")
+    if not (sep and stream_id and sequence.isdigit() and len(value) <= 256):
+        return None
+    return stream_id, int(sequence)
+
+
+def sse_chunk(content: str, event_id: bytes = b"") -> bytes:
+    """`sse_event({"content": content, "metadata": {}, "is_final": False})` after an optional `id:`
+    line, without building the dict (the hot path: one call a token)."""
+    return event_id + b'data: {"content": ' + _dumps(content).encode() + b', "metadata": {}, "is_final": false}\n\n'
+
+
+def sse_final(event: Completion | Failure, event_id: bytes = b"") -> bytes:
     payload: dict[str, Any] = {"content": "", "metadata": final_metadata(event), "is_final": True}
     if isinstance(event, Failure):
         payload["error"] = event.error.message
-    return sse_event(payload)
+    return event_id + sse_event(payload)
 
 
 # --- WebSocket -------------------------------------------------------------
 
 
-def ws_chunk(content: str) -> str:
-    """`{"type": "chunk", "content": content}` as JSON, without building the dict (one call a token)."""
-    return '{"type": "chunk", "content": ' + _dumps(content) + "}"
+def ws_chunk(content: str, ids: str = "") -> str:
+    """`{"type": "chunk", "content": content}` as JSON, without building the dict (one call a token);
+    `ids` (from `ws_ids`) adds the stream id and the sequence as extra fields."""
+    return '{"type": "chunk", "content": ' + _dumps(content) + ids + "}"
 
 
-def ws_complete(text: str, metadata: dict[str, Any]) -> str:
-    return _dumps({"type": "complete", "content": text, "metadata": metadata})
+def ws_ids(stream_id: str, sequence: int) -> str:
+    """The extra fields `, "stream_id": ..., "seq": N` of a message that belongs to a stream."""
+    return ', "stream_id": ' + _dumps(stream_id) + ', "seq": ' + str(sequence)
 
 
-def ws_error(message: str, metadata: dict[str, Any] | None = None) -> str:
-    """`{"type": "error", "content": message}`; a failed stream adds its metadata."""
+def ws_complete(text: str, metadata: dict[str, Any], ids: str = "") -> str:
+    return _dumps({"type": "complete", "content": text, "metadata": metadata})[:-1] + ids + "}"
+
+
+def ws_error(message: str, metadata: dict[str, Any] | None = None, ids: str = "") -> str:
+    """`{"type": "error", "content": message}`; a failed stream adds its metadata (and its ids)."""
     payload: dict[str, Any] = {"type": "error", "content": message}
     if metadata is not None:
         payload["metadata"] = metadata
-    return _dumps(payload)
+    return _dumps(payload)[:-1] + ids + "}"
 
 
-def ws_final(event: Completion | Failure) -> str:
+def ws_final(event: Completion | Failure, ids: str = "") -> str:
     if isinstance(event, Completion):
-        return ws_complete(event.text, final_metadata(event))
-    return ws_error(event.error.message, final_metadata(event))
+        return ws_complete(event.text, final_metadata(event), ids)
+    return ws_error(event.error.message, final_metadata(event), ids)

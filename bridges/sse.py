@@ -20,6 +20,7 @@ from streamgate.v1 import streamgate_pb2 as pb
 
 from . import framing, query
 from .errors import error_response
+from .resume import RETRY_MS, answer_reconnect
 from .state import STATE, OpenStream, WriteGuard
 
 SSE_HEADERS = {
@@ -58,6 +59,10 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
 async def stream_sse(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     metrics = state.metrics
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id is not None:  # an EventSource reconnecting: never a new generation
+        metrics.outcomes.labels(TRANSPORT, "reconnect").inc()
+        return answer_reconnect(state.delivered, last_event_id)
     try:
         state.refuse_if_draining()
         generate = await _read_request(request, state.config.body_timeout)
@@ -96,18 +101,23 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
         finally:
             guard.end()
 
-    async def chunk(content: str) -> None:  # `write`, inlined: one call a token
+    stream_id = core.request_id
+    event_id = framing.event_id
+
+    async def chunk(content: str, sequence: int) -> None:  # `write`, inlined: one call a token
         guard.begin()
         try:
-            await response.write(framing.sse_chunk(content))
+            await response.write(framing.sse_chunk(content, event_id(stream_id, sequence)))
         finally:
             guard.end()
 
-    async def final(event: Completion | Failure) -> None:
-        await write(framing.sse_final(event))
+    async def final(event: Completion | Failure, sequence: int) -> None:
+        await write(framing.sse_final(event, event_id(stream_id, sequence)))
 
-    async def ended(reason: StreamError) -> None:
-        await write(framing.sse_final(core.failure(reason)))
+    async def ended(reason: StreamError, sequence: int) -> None:
+        await write(framing.sse_final(core.failure(reason), event_id(stream_id, sequence)))
+
+    await write(framing.sse_retry(RETRY_MS))
 
     try:
         if await state.forward(OpenStream(core), TRANSPORT, chunk, final, ended) != "disconnected":

@@ -16,6 +16,7 @@ from streamgate.link.client import CoreClient, CoreStream
 
 from .config import BridgeConfig
 from .metrics import BridgeMetrics
+from .resume import Delivered
 
 SHUTTING_DOWN = StreamError(ErrorCode.UNAVAILABLE, "the server is shutting down", retryable=True)
 
@@ -147,6 +148,8 @@ class BridgeState:
     client: CoreClient
     metrics: BridgeMetrics = field(default_factory=BridgeMetrics)
     streams: set[OpenStream] = field(default_factory=set)
+    #: Streams whose final frame went out, so that a reconnect after it is told so (`resume.py`).
+    delivered: Delivered = field(default_factory=Delivered)
     draining: bool = False
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -170,32 +173,36 @@ class BridgeState:
         self,
         stream: OpenStream,
         transport: str,
-        send_chunk: Callable[[str], Awaitable[object]],
-        send_final: Callable[[Completion | Failure], Awaitable[object]],
-        send_ended: Callable[[StreamError], Awaitable[object]],
+        send_chunk: Callable[[str, int], Awaitable[object]],
+        send_final: Callable[[Completion | Failure, int], Awaitable[object]],
+        send_ended: Callable[[StreamError, int], Awaitable[object]],
     ) -> str:
         """Send a core stream to a client until its one final frame, and count how it ended, once.
 
-        `send_ended` makes the final frame of a stream stopped by `OpenStream.end()` (shutdown,
-        a WebSocket cancel). A client that leaves cancels the core call; a cancelled task
-        re-raises. Returns the outcome: "OK", an error code, or "disconnected".
+        Each frame goes with its sequence: a chunk's (the last index it holds), then the final
+        frame's, one past the last chunk's. `send_ended` makes the final frame of a stream stopped
+        by `OpenStream.end()` (shutdown, a WebSocket cancel). A client that leaves cancels the core
+        call; a cancelled task re-raises. Returns the outcome: "OK", an error code, or "disconnected".
         """
         metrics, core = self.metrics, stream.core
         self.add(stream)
         metrics.open_streams.labels(transport).inc()
         frames = metrics.frames.labels(transport)
         outcome = "OK"
+        sequence = 0  # of the next frame
         try:
             async with contextlib.aclosing(core.events()) as events:
                 try:
                     async for event in events:
                         if isinstance(event, Chunk):
-                            await send_chunk(event.content)
+                            await send_chunk(event.content, event.index)
+                            sequence = event.index + 1
                             frames.inc()
                             continue
                         if isinstance(event, Failure):
                             outcome = event.error.code.value
-                        await send_final(event)
+                        await send_final(event, sequence)
+                        self.delivered.add(core.request_id, sequence)
                         frames.inc()
                         break
                 except asyncio.CancelledError:
@@ -203,7 +210,8 @@ class BridgeState:
                     if reason is None:
                         raise
                     outcome = reason.code.value
-                    await send_ended(reason)
+                    await send_ended(reason, sequence)
+                    self.delivered.add(core.request_id, sequence)
                     frames.inc()
         except asyncio.CancelledError:  # the client left: its handler was cancelled
             outcome = "disconnected"

@@ -134,23 +134,25 @@ class Session:
             self._cancel_next = False
             self.current.end(CANCELLED)
 
-        async def chunk(content: str) -> None:  # `send`, inlined: one call a token
+        stream_id, ids = core.request_id, framing.ws_ids
+
+        async def chunk(content: str, sequence: int) -> None:  # `send`, inlined: one call a token
             guard.begin()
             try:
-                await ws.send_str(framing.ws_chunk(content))
+                await ws.send_str(framing.ws_chunk(content, ids(stream_id, sequence)))
             finally:
                 guard.end()
 
-        async def final(event: Completion | Failure) -> None:
-            await send(framing.ws_final(event))
+        async def final(event: Completion | Failure, sequence: int) -> None:
+            await send(framing.ws_final(event, ids(stream_id, sequence)))
 
-        async def ended(reason: StreamError) -> None:
+        async def ended(reason: StreamError, sequence: int) -> None:
             if reason is CANCELLED:
                 text = "".join(core.text)
                 metadata = framing.cancelled_metadata(text, request.model, core.metrics(), core.request_id)
-                await send(framing.ws_complete(text, metadata))
+                await send(framing.ws_complete(text, metadata, ids(stream_id, sequence)))
             else:
-                await send(framing.ws_final(core.failure(reason)))
+                await send(framing.ws_final(core.failure(reason), ids(stream_id, sequence)))
 
         try:
             await state.forward(self.current, TRANSPORT, chunk, final, ended)

@@ -31,8 +31,11 @@ async def test_one_connection_serves_many_queries(
         await ws.send_json({"messages": [{"role": "user", "content": "again"}], "max_tokens": 2})
         second = await _until_final(ws)
 
-    assert first[:3] == [{"type": "chunk", "content": token(i)} for i in range(3)]
+    stream_id = first[3]["metadata"]["request_id"]
+    assert first[:3] == [{"type": "chunk", "content": token(i), "stream_id": stream_id, "seq": i} for i in range(3)]
     assert first[3]["type"] == "complete"
+    assert (first[3]["stream_id"], first[3]["seq"]) == (stream_id, 3)  # one past the last chunk's
+    assert second[-1]["stream_id"] != stream_id
     assert first[3]["content"] == "Streaming sends each"
     assert first[3]["metadata"]["final_response"] == "Streaming sends each"
     assert first[3]["metadata"]["usage"]["completion_tokens"] == 3
@@ -51,8 +54,10 @@ async def test_the_wire_shapes_are_exact(
         await ws.send_str('{"query": ""}')
         empty = await ws.receive_str()
 
-    assert chunk == '{"type": "chunk", "content": "Streaming"}'
-    assert list(complete) == ["type", "content", "metadata"]
+    stream_id = complete["metadata"]["request_id"]
+    # The documented shape, then the extension's fields: the stream id and the sequence.
+    assert chunk == '{"type": "chunk", "content": "Streaming", "stream_id": "' + stream_id + '", "seq": 0}'
+    assert list(complete) == ["type", "content", "metadata", "stream_id", "seq"]
     assert empty == '{"type": "error", "content": "No query provided"}'
 
 

@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     CANCELLED = "CANCELLED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
+    NOT_FOUND = "NOT_FOUND"
 
 
 class StreamError(Exception):

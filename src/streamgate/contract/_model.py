@@ -237,6 +237,8 @@ class Chunk:
     """A piece of generated text."""
 
     content: str
+    #: Its sequence in the stream: 0, 1, 2, ...; a chunk merged from several carries the last one's,
+    #: so that "after N" always means the text past what a client received.
     index: int
 
 

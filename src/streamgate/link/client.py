@@ -186,10 +186,12 @@ class CoreStream:
                 if isinstance(event, Chunk):
                     if queue and isinstance(queue[0], Chunk) and self._link.coalesce:
                         parts = [event.content]
+                        last = event.index
                         while queue and isinstance(nxt := queue[0], Chunk):
                             parts.append(nxt.content)
+                            last = nxt.index
                             queue.popleft()
-                        event = Chunk("".join(parts), event.index)
+                        event = Chunk("".join(parts), last)  # its sequence: the last index it holds
                     if self.first_chunk is None:
                         self.first_chunk = time.perf_counter()
                     self.text.append(event.content)

@@ -151,6 +151,7 @@ class _Outbox:
         if item is not None:
             item.parts.append(content)
             item.size += n
+            item.index = chunk.index  # a merged chunk carries its last index: the sequence it reaches
         else:
             item = _Item(stream, None, chunk.index, [content], n)
             if self._merge:

@@ -34,6 +34,8 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     ERROR_CODE_CANCELLED: _ErrorCode.ValueType  # 5
     ERROR_CODE_UNAVAILABLE: _ErrorCode.ValueType  # 6
     ERROR_CODE_INTERNAL: _ErrorCode.ValueType  # 7
+    ERROR_CODE_NOT_FOUND: _ErrorCode.ValueType  # 8
+    """What was asked for does not exist (or no longer: a stream whose replay was dropped)."""
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """ErrorCode mirrors the gRPC status code the stream ends with."""
@@ -46,6 +48,8 @@ ERROR_CODE_DEADLINE_EXCEEDED: ErrorCode.ValueType  # 4
 ERROR_CODE_CANCELLED: ErrorCode.ValueType  # 5
 ERROR_CODE_UNAVAILABLE: ErrorCode.ValueType  # 6
 ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 7
+ERROR_CODE_NOT_FOUND: ErrorCode.ValueType  # 8
+"""What was asked for does not exist (or no longer: a stream whose replay was dropped)."""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final
