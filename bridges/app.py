@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from importlib import resources
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamgate.contract import ErrorCode, StreamError
 from streamgate.link.client import CoreClient
 
 from .config import BridgeConfig
@@ -69,8 +71,33 @@ async def _cors(request: web.Request, response: web.StreamResponse) -> None:
             response.headers["Access-Control-Max-Age"] = "600"
 
 
+@web.middleware
+async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A stream for a browser page of this origin or of the `--cors-origins`, not of any other site.
+
+    A browser sends `Origin` with every cross-origin request and every WebSocket upgrade; without
+    this check any web page could open `/query/ws` on a gateway it can reach (CORS does not guard
+    WebSockets) and read the answers, or start generations with a simple POST. Requests without
+    `Origin` (curl, SDKs, servers) are not a browser's and pass.
+    """
+    origin = request.headers.get("Origin")
+    if (
+        origin is not None
+        and request.path.startswith("/query/")
+        and origin != f"{request.scheme}://{request.host}"
+        and origin not in request.app[STATE].config.cors_origins
+    ):
+        return error_response(
+            StreamError(
+                ErrorCode.PERMISSION_DENIED,
+                "a page of another origin may not use this gateway: the operator lists those allowed in --cors-origins",
+            )
+        )
+    return await handler(request)
+
+
 def create_app(config: BridgeConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[same_origin])
 
     async def core_client(app: web.Application) -> AsyncIterator[None]:
         client = CoreClient(config.core, coalesce=config.coalesce, link_token=config.link_token)

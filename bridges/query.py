@@ -45,6 +45,8 @@ def loads(data: bytes | str) -> Any:
         return json.loads(data)
     except json.JSONDecodeError as exc:
         raise invalid(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4300)
+        raise invalid(f"the JSON holds a number out of range: {exc}") from None
     except RecursionError:
         raise invalid(f"the JSON is nested more than {MAX_DEPTH} levels deep") from None
 
@@ -142,7 +144,7 @@ def is_auth(data: Any) -> bool:
     if not (isinstance(data, Mapping) and data.get("type") == "auth"):
         return False
     key = data.get("api_key")
-    if not isinstance(key, str) or not key.strip() or set(data) - {"type", "api_key"}:
+    if not isinstance(key, str) or not key.strip() or not key.isascii() or set(data) - {"type", "api_key"}:
         raise invalid('an auth message is {"type": "auth", "api_key": "<key>"}')
     return True
 

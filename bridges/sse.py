@@ -43,6 +43,8 @@ async def _read_request(request: web.Request, body_timeout: float) -> pb.Generat
             body = await request.read()
     except TimeoutError:
         raise _BodyTimeout from None
+    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
+        raise invalid(f"the body cannot be read: {exc}") from None
     return query.from_json(query.loads(body))
 
 

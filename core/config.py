@@ -40,9 +40,9 @@ class LiteLLMConfig:
     parameters: GenerationParameters = field(default_factory=GenerationParameters)
     #: Models a request may name besides `model` and `fallback_models` (see `streamgate.core.policy`).
     allowed_models: tuple[str, ...] = ()
-    #: Let a request name any litellm model (not only those above), except a model string that
-    #: carries a URL or a host, and a self-hosted provider unless `api_base` is set. Off by default:
-    #: a model string chooses where the server connects and which code path it pays for.
+    #: Let a request name other models too: of a vetted list of hosted providers, or of the default
+    #: model's own provider; never a model string that carries a URL or a host. Off by default: a
+    #: model string chooses where the server connects and which code path it pays for.
     allow_any_model: bool = False
     #: Streams one API key may hold open at once (0: only the overall limit applies).
     max_streams_per_key: int = 0

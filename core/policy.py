@@ -1,16 +1,23 @@
 """Which models a client may name: the operator decides what the server may reach.
 
 A litellm model string is more than a name: some providers take the upstream's URL from it
-(`oobabooga/http://10.0.0.5/...`, `huggingface/https://...`), and some connect to a server on
-this machine unless told otherwise (`ollama/x` is localhost:11434). A client that may name any
-model string may therefore make the core connect anywhere (SSRF), or pick a provider path that
-costs many times more CPU per stream. So:
+(`oobabooga/http://10.0.0.5/...`, `huggingface/https://...`), some connect to a server on this
+machine unless told otherwise (`ollama/x` is localhost:11434, `langflow/x` localhost:7860, and
+`sagemaker/x` asks the cloud's metadata address for credentials), and litellm's side lookups do not
+always honour `api_base`. A client that may name any model string may therefore make the core
+connect anywhere (SSRF), send the operator's upstream key there, or pick a provider path that costs
+many times more CPU per stream. So:
 
 - By default a client may name only the models the operator wrote: `model`, `fallback_models`
   and `allowed_models`. Those are taken as written, URLs included.
-- `allow_any_model` (an explicit choice) opens every other litellm model, except a model string
-  that carries a URL or a host, and, unless the operator set `api_base` (then every request goes
-  there), a provider whose endpoint is a self-hosted server (on this machine by default).
+- `allow_any_model` (an explicit choice) opens other models of a vetted list of hosted providers
+  (fixed public endpoints: OpenAI, Anthropic, Gemini, Mistral, ...), and of the default model's own
+  provider (which goes to the operator's `api_base`, with its key); never a model string that
+  carries a URL or a host. A list of what is allowed, not of what is not: a provider litellm adds
+  tomorrow is refused until it is vetted.
+
+The operator's `api_base` and key belong to the default model's provider: they go with that
+provider's models only, never to another provider (`LiteLLMProvider._kwargs`).
 """
 
 from __future__ import annotations
@@ -19,27 +26,25 @@ import re
 
 from streamgate.contract import invalid
 
-#: litellm providers that talk to a self-hosted server, whose address comes from the model string,
-#: an environment variable or a local default (localhost:11434 for Ollama, ...), not from the operator.
-SELF_HOSTED = frozenset(
+#: Providers whose endpoint is a fixed public HTTPS API (unless the operator's environment says
+#: otherwise): a client may name their models with `allow_any_model`.
+HOSTED = frozenset(
     {
-        "custom",
-        "custom_openai",
-        "docker_model_runner",
-        "hosted_vllm",
-        "huggingface",
-        "lemonade",
-        "litellm_proxy",
-        "llamafile",
-        "lm_studio",
-        "ollama",
-        "ollama_chat",
-        "oobabooga",
-        "openai_like",
-        "petals",
-        "triton",
-        "vllm",
-        "xinference",
+        "anthropic",
+        "cerebras",
+        "cohere",
+        "cohere_chat",
+        "deepinfra",
+        "deepseek",
+        "fireworks_ai",
+        "gemini",
+        "groq",
+        "mistral",
+        "openai",
+        "openrouter",
+        "perplexity",
+        "together_ai",
+        "xai",
     }
 )
 
@@ -58,15 +63,16 @@ def carries_address(model: str) -> bool:
 
 
 class ModelPolicy:
-    """Decides whether a client may name a model: `check(model, provider)` raises `StreamError` if not."""
+    """Decides whether a client may name a model: `check_name` then `check_provider` raise `StreamError` if not."""
 
-    __slots__ = ("_any", "_api_base", "_written")
+    __slots__ = ("_any", "_home", "_written")
 
-    def __init__(self, written: tuple[str, ...], allow_any: bool, api_base: str | None) -> None:
+    def __init__(self, written: tuple[str, ...], allow_any: bool, home_provider: str | None) -> None:
         #: What the operator wrote: allowed as written.
         self._written = dict.fromkeys(written)
         self._any = allow_any
-        self._api_base = api_base
+        #: The default model's provider: its models go to the operator's api_base.
+        self._home = home_provider
 
     @property
     def allowed(self) -> tuple[str, ...]:
@@ -85,9 +91,10 @@ class ModelPolicy:
             raise invalid(f"model {model!r} names a URL or a host: only the operator chooses where the server connects")
 
     def check_provider(self, model: str, provider: str) -> None:
-        """After litellm resolved it: a self-hosted provider only at the operator's `api_base`."""
-        if model not in self._written and provider in SELF_HOSTED and not self._api_base:
-            raise invalid(
-                f"model {model!r} is served by {provider}, a self-hosted server: name it in the allowed models,"
-                " or set the upstream's api_base, to use it"
-            )
+        """After litellm resolved it: a vetted hosted provider, or the default model's own."""
+        if model in self._written or provider in HOSTED or provider == self._home:
+            return
+        raise invalid(
+            f"model {model!r} is served by {provider}, which is not a hosted API this server may reach for a"
+            " client: the operator names it in the allowed models to open it"
+        )

@@ -24,6 +24,8 @@ from .upstream import Delta
 #: litellm providers that speak OpenAI's chat-completions stream, streamed by the lean path.
 LEAN_PROVIDERS = frozenset({"openai", "hosted_vllm"})
 DEFAULT_OPENAI_BASE = "https://api.openai.com/v1"
+#: The loggers litellm gives stderr handlers of its own.
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 #: Resolved model names kept (with `allow_any_model`, clients may name many).
 MAX_KNOWN_MODELS = 10_000
 
@@ -34,12 +36,24 @@ class LiteLLMProvider:
     def __init__(self, config: LiteLLMConfig | None = None) -> None:
         self.config = config or LiteLLMConfig()
         litellm.suppress_debug_info = True
+        for name in LITELLM_LOGGERS:
+            # litellm writes its records to stderr through handlers of its own, unescaped, and copies
+            # them to ours too: let ours alone write them (one line a record, see streamgate._logs).
+            litellm_logger = logging.getLogger(name)
+            litellm_logger.handlers.clear()
+            litellm_logger.propagate = True
         logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # litellm logs every call at INFO
         embedded.register(self.config.embedded_tokens_per_second)
+        try:
+            home = litellm.get_llm_provider(self.config.model, api_base=self.config.api_base)[1]
+        except Exception:
+            home = None  # an unknown default model: `resolve_model` below says so
+        #: The default model's provider: the operator's api_base and key are its settings, no one else's.
+        self._home: str | None = home
         self._policy = ModelPolicy(
             (self.config.model, *self.config.fallback_models, *self.config.allowed_models),
             self.config.allow_any_model,
-            self.config.api_base,
+            home,
         )
         #: Models resolved so far → their litellm provider, least recently used first (bounded).
         self._known: OrderedDict[str, str] = OrderedDict()
@@ -89,9 +103,10 @@ class LiteLLMProvider:
         parameters = request.parameters.merged_over(self.config.parameters)
         kwargs = parameters.to_kwargs()
         kwargs.update(model=model, messages=[m.to_openai() for m in request.messages], num_retries=0, drop_params=True)
-        if self._known.get(model) == embedded.PROVIDER:
+        provider = self._known.get(model)
+        if provider == embedded.PROVIDER:
             kwargs["tokens_per_second"] = self.config.embedded_tokens_per_second
-        else:
+        elif provider == self._home:  # the operator's upstream: its URL and key; another provider never gets them
             if self.config.api_base:
                 kwargs["api_base"] = self.config.api_base
             if self.config.api_key:
@@ -117,7 +132,10 @@ class LiteLLMProvider:
 
     def _stream_lean(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
         name, key, base = self._lean[model]
-        base = self.config.api_base or base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+        home = self._known.get(model) == self._home  # the operator's upstream (see `_kwargs`)
+        if home and self.config.api_base:
+            base = self.config.api_base
+        base = base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
         body: dict[str, Any] = {
             "model": name,
             "messages": [m.to_openai() for m in request.messages],
@@ -125,7 +143,7 @@ class LiteLLMProvider:
             "stream_options": {"include_usage": True},
             **request.parameters.merged_over(self.config.parameters).to_kwargs(),
         }
-        api_key = self.config.api_key or key or os.environ.get("OPENAI_API_KEY")
+        api_key = (self.config.api_key if home else None) or key or os.environ.get("OPENAI_API_KEY")
         url = (base or DEFAULT_OPENAI_BASE).rstrip("/") + "/chat/completions"
         return openai_stream.stream_chat(
             self._session_for_loop(), url, api_key, body, coalesce=self.config.coalesce, draining=self.draining

@@ -107,8 +107,8 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
         "--allow-any-model",
         _on_off,
         False,
-        "let a request name any litellm model, except one that names a URL or a host, or a self-hosted"
-        " provider without --api-base (on/off)",
+        "let a request name other models of the hosted providers (OpenAI, Anthropic, ...) or of --model's own"
+        " provider, never one that names a URL or a host (on/off)",
     )
     _add(group, "--retries", int, 2, "tries of a model again when it fails before its first token")
     _add(group, "--fallback-models", _comma_list, (), "comma-separated models tried in order when the model fails")

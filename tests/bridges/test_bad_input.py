@@ -7,6 +7,8 @@ request id with a newline or an escape sequence reached the log raw.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -106,3 +108,67 @@ async def test_bad_websocket_messages_get_an_error_and_the_socket_stays_open(
             pass
         assert reply["type"] == "complete", reply
         assert not ws.closed
+
+
+async def _raw(bridge: BridgeServer, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send a request as raw bytes (headers a client library would refuse); the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+    writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_credentials_that_are_not_ascii_are_refused_and_leave_nothing_behind(
+    bridge: BridgeServer, upstream: FakeUpstream
+) -> None:
+    # The probe: bytes that are not UTF-8 in Authorization made a 500 with a traceback, and each
+    # such request left a stream behind in the bridge (12 MiB per 10,000).
+    for _ in range(50):
+        status, body = await _raw(
+            bridge, b"POST /query/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9\xff\r\n", b'{"query":"hi"}'
+        )
+        assert status == 401, body
+        assert json.loads(body)["error"]["message"] == "the credentials must be printable ASCII"
+    link = bridge.state.client._link
+    assert link is None or not link._streams
+    assert upstream.counters.started == 0
+
+
+async def test_a_number_of_more_digits_than_python_converts_is_a_400(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    body = b'{"query": "hi", "seed": ' + b"9" * 5000 + b"}"
+    async with http.post(f"{bridge.url}/query/stream", data=body) as response:
+        assert response.status == 400
+        assert "a number out of range" in (await response.json())["error"]["message"]
+    async with http.ws_connect(f"{bridge.url}/query/ws") as ws:
+        await ws.send_str(body.decode())
+        assert (await ws.receive_json(timeout=10))["type"] == "error"
+        await ws.send_str('{"query": "hi"}')
+        while (reply := await ws.receive_json(timeout=10))["type"] == "chunk":
+            pass
+        assert reply["type"] == "complete"
+
+
+async def test_a_body_that_does_not_decode_is_a_400(bridge: BridgeServer, upstream: FakeUpstream) -> None:
+    status, body = await _raw(
+        bridge, b"POST /query/stream HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n", b"this is not gzip"
+    )
+    assert status == 400, body
+    assert "the body cannot be read" in json.loads(body)["error"]["message"]
+    assert upstream.counters.started == 0
+
+
+async def test_a_websocket_auth_message_with_a_key_that_is_not_ascii_gets_an_error(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    async with http.ws_connect(f"{bridge.url}/query/ws") as ws:
+        await ws.send_str('{"type": "auth", "api_key": "\\ud800"}')
+        assert (await ws.receive_json(timeout=10))["type"] == "error"
+        await ws.send_str('{"query": "hi"}')
+        while (reply := await ws.receive_json(timeout=10))["type"] == "chunk":
+            pass
+        assert reply["type"] == "complete"

@@ -53,3 +53,21 @@ def test_a_traceback_is_part_of_its_records_one_line() -> None:
 def test_printable_text_is_left_as_it_is() -> None:
     text = 'stream 4f2a completed: model=openai/gpt-4o tokens=12+40 cost=0.0001 "quoted" ünïcode 中文'
     assert one_line(text) == text
+
+
+def test_litellms_own_records_go_through_the_one_line_formatter() -> None:
+    # The probe: litellm's own stderr handler wrote an upstream's text raw (a forged line, BEL, NUL).
+    from streamgate.core import LiteLLMConfig
+    from streamgate.core.provider import LITELLM_LOGGERS, LiteLLMProvider
+
+    LiteLLMProvider(LiteLLMConfig())
+    assert all(not logging.getLogger(name).handlers for name in LITELLM_LOGGERS)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(OneLineFormatter(FORMAT))
+    logging.getLogger().addHandler(handler)
+    try:
+        logging.getLogger("LiteLLM").warning("finish_reason: line1\nFORGED ERROR admin\x07\x00")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert out.getvalue().count("\n") == 1 and "\\nFORGED" in out.getvalue() and "\x07" not in out.getvalue()

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from streamgate.core import LiteLLMConfig, StreamError
+from streamgate.core import LiteLLMConfig, StreamError, StreamRequest
 from streamgate.core import provider as provider_module
 from streamgate.core.policy import carries_address
 from streamgate.core.provider import LiteLLMProvider
@@ -75,7 +75,21 @@ def _addressed(port: int) -> list[str]:
     ]
 
 
-SELF_HOSTED = ["ollama/x", "ollama_chat/x", "lm_studio/x", "llamafile/x", "hosted_vllm/x", "xinference/x", "vllm/x"]
+#: Providers that reach a server the operator did not name: this machine (Ollama, LM Studio, Langflow,
+#: LangGraph, ...) or the cloud's metadata address (SageMaker's credentials).
+UNVETTED = [
+    "ollama/x",
+    "ollama_chat/x",
+    "lm_studio/x",
+    "llamafile/x",
+    "hosted_vllm/x",
+    "xinference/x",
+    "vllm/x",
+    "langflow/x",
+    "langgraph/x",
+    "sagemaker/x",
+    "huggingface/x",
+]
 
 
 async def _refused(address: str, model: str) -> str:
@@ -91,7 +105,7 @@ async def test_by_default_only_the_operators_models_are_offered(
 ) -> None:
     core = await make_core()
 
-    for model in [*_addressed(canary.port), *SELF_HOSTED, "openai/gpt-4o", "anthropic/claude-3-5-sonnet-20240620"]:
+    for model in [*_addressed(canary.port), *UNVETTED, "openai/gpt-4o", "anthropic/claude-3-5-sonnet-20240620"]:
         details = await _refused(core.address, model)
         assert "is not offered here; ask for one of: openai/fake" in details
 
@@ -118,20 +132,26 @@ async def test_allow_any_model_still_refuses_a_url_or_a_host_in_the_model(
     assert canary.connections == 0
 
 
-async def test_allow_any_model_without_api_base_refuses_self_hosted_providers(make_core: CoreFactory) -> None:
-    # Ollama's default address is localhost:11434: listen there (when free) to see that nothing connects.
-    local = Canary()
-    with contextlib.suppress(OSError):
-        await local.start(11434)
+@pytest.mark.parametrize("api_base", [None, "operator's"])
+async def test_allow_any_model_refuses_every_provider_not_vetted(
+    make_core: CoreFactory, upstream: FakeUpstream, api_base: str | None
+) -> None:
+    # Their default addresses on this machine: listen there (when free) to see that nothing connects.
+    locals_ = [Canary() for _ in (11434, 7860, 2024, 1234)]
+    for canary, port in zip(locals_, (11434, 7860, 2024, 1234), strict=True):
+        with contextlib.suppress(OSError):
+            await canary.start(port)
     try:
-        core = await make_core(allow_any_model=True, api_base=None)
-        for model in SELF_HOSTED:
+        core = await make_core(allow_any_model=True, api_base=upstream.api_base if api_base else None)
+        for model in UNVETTED:
             details = await _refused(core.address, model)
-            assert "a self-hosted server" in details
+            assert "which is not a hosted API this server may reach for a client" in details
         await asyncio.sleep(0.2)
-        assert local.connections == 0
+        assert [c.connections for c in locals_] == [0, 0, 0, 0]
+        assert upstream.counters.connections == 0
     finally:
-        await local.close()
+        for canary in locals_:
+            await canary.close()
 
 
 async def test_the_operator_may_write_a_model_with_its_address(make_core: CoreFactory, upstream: FakeUpstream) -> None:
@@ -199,3 +219,16 @@ def test_the_lean_path_survives_a_flood_of_model_names(upstream: FakeUpstream, m
     assert len(provider._known) <= 50
     with pytest.raises(StreamError):
         provider.resolve_model("oobabooga/http://127.0.0.1:1/x")
+
+
+def test_the_operators_upstream_key_goes_to_its_own_provider_only(upstream: FakeUpstream) -> None:
+    # The probe: with allow-any, `langflow/x` got the operator's --upstream-api-key in x-api-key.
+    provider = LiteLLMProvider(
+        LiteLLMConfig(model="openai/fake", api_base=upstream.api_base, api_key="operator-key", allow_any_model=True)
+    )
+    request = StreamRequest.create(query="hi")
+    home = provider._kwargs(request, provider.resolve_model("openai/other"))
+    away = provider._kwargs(request, provider.resolve_model("anthropic/claude-3-5-sonnet-20240620"))
+
+    assert (home["api_base"], home["api_key"]) == (upstream.api_base, "operator-key")
+    assert "api_key" not in away and "api_base" not in away  # Anthropic's own settings (ANTHROPIC_API_KEY)

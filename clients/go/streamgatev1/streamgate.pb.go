@@ -36,6 +36,8 @@ const (
 	ErrorCode_ERROR_CODE_INTERNAL           ErrorCode = 7
 	// What was asked for does not exist (or no longer: a stream whose replay was dropped).
 	ErrorCode_ERROR_CODE_NOT_FOUND ErrorCode = 8
+	// Who asked may not do this (e.g. a page of another origin than those allowed).
+	ErrorCode_ERROR_CODE_PERMISSION_DENIED ErrorCode = 9
 )
 
 // Enum value maps for ErrorCode.
@@ -50,6 +52,7 @@ var (
 		6: "ERROR_CODE_UNAVAILABLE",
 		7: "ERROR_CODE_INTERNAL",
 		8: "ERROR_CODE_NOT_FOUND",
+		9: "ERROR_CODE_PERMISSION_DENIED",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":        0,
@@ -61,6 +64,7 @@ var (
 		"ERROR_CODE_UNAVAILABLE":        6,
 		"ERROR_CODE_INTERNAL":           7,
 		"ERROR_CODE_NOT_FOUND":          8,
+		"ERROR_CODE_PERMISSION_DENIED":  9,
 	}
 )
 
@@ -1168,7 +1172,7 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\vttft_ms_p99\x18\t \x01(\x01R\tttftMsP99\x121\n" +
 	"\x15tokens_per_second_p50\x18\n" +
 	" \x01(\x01R\x12tokensPerSecondP50\x12\x1a\n" +
-	"\bdraining\x18\v \x01(\bR\bdraining*\x96\x02\n" +
+	"\bdraining\x18\v \x01(\bR\bdraining*\xb8\x02\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bERROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x1e\n" +
@@ -1178,7 +1182,8 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\x14ERROR_CODE_CANCELLED\x10\x05\x12\x1a\n" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\x06\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\a\x12\x18\n" +
-	"\x14ERROR_CODE_NOT_FOUND\x10\b2\xb5\x01\n" +
+	"\x14ERROR_CODE_NOT_FOUND\x10\b\x12 \n" +
+	"\x1cERROR_CODE_PERMISSION_DENIED\x10\t2\xb5\x01\n" +
 	"\x11StreamGateService\x12M\n" +
 	"\bGenerate\x12\x1e.streamgate.v1.GenerateRequest\x1a\x1f.streamgate.v1.GenerateResponse0\x01\x12Q\n" +
 	"\n" +

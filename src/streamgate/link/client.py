@@ -236,11 +236,13 @@ class _Link:
         self._writer = asyncio.create_task(self._write())
 
     def open(self, request: pb.GenerateRequest, authorization: str | None) -> CoreStream:
-        stream = CoreStream(self, next(self._ids))
-        self._streams[stream.stream_id] = stream
-        command = link_pb.RelayCommand(stream_id=stream.stream_id, open=link_pb.RelayOpen(request=request))
+        # The command first: whatever fails in building it must not leave a stream behind.
+        stream_id = next(self._ids)
+        command = link_pb.RelayCommand(stream_id=stream_id, open=link_pb.RelayOpen(request=request))
         if authorization:
             command.open.authorization = authorization
+        stream = CoreStream(self, stream_id)
+        self._streams[stream_id] = stream
         self._send(command)
         return stream
 
@@ -361,6 +363,9 @@ class CoreClient:
 
         `authorization` (the client's `Authorization` header) is passed on for the core to check.
         """
+        if authorization is not None and not (authorization.isascii() and authorization.isprintable()):
+            # A header that is not ASCII (aiohttp hands its bytes on as surrogates) cannot be a key.
+            raise StreamError(ErrorCode.UNAUTHENTICATED, "the credentials must be printable ASCII")
         link = self._link
         if link is None or link.broken is not None:
             link = self._link = _Link(self._stub, self._coalesce, self._link_token)

@@ -36,6 +36,8 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     ERROR_CODE_INTERNAL: _ErrorCode.ValueType  # 7
     ERROR_CODE_NOT_FOUND: _ErrorCode.ValueType  # 8
     """What was asked for does not exist (or no longer: a stream whose replay was dropped)."""
+    ERROR_CODE_PERMISSION_DENIED: _ErrorCode.ValueType  # 9
+    """Who asked may not do this (e.g. a page of another origin than those allowed)."""
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """ErrorCode mirrors the gRPC status code the stream ends with."""
@@ -50,6 +52,8 @@ ERROR_CODE_UNAVAILABLE: ErrorCode.ValueType  # 6
 ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 7
 ERROR_CODE_NOT_FOUND: ErrorCode.ValueType  # 8
 """What was asked for does not exist (or no longer: a stream whose replay was dropped)."""
+ERROR_CODE_PERMISSION_DENIED: ErrorCode.ValueType  # 9
+"""Who asked may not do this (e.g. a page of another origin than those allowed)."""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final
