@@ -96,8 +96,23 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A path or a method the bridge does not serve is answered in the JSON error shape, like the rest."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return error_response(StreamError(ErrorCode.NOT_FOUND, f"no such endpoint: {request.path}"))
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        error = StreamError(ErrorCode.INVALID_ARGUMENT, f"{request.method} is not allowed here; allowed: {allowed}")
+        response = error_response(error, status=405)
+        response.headers["Allow"] = allowed
+        return response
+
+
 def create_app(config: BridgeConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[same_origin])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors, same_origin])
 
     async def core_client(app: web.Application) -> AsyncIterator[None]:
         client = CoreClient(config.core, coalesce=config.coalesce, link_token=config.link_token)

@@ -172,3 +172,14 @@ async def test_a_websocket_auth_message_with_a_key_that_is_not_ascii_gets_an_err
         while (reply := await ws.receive_json(timeout=10))["type"] == "chunk":
             pass
         assert reply["type"] == "complete"
+
+
+async def test_an_unknown_path_or_method_gets_the_json_error(bridge: BridgeServer, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{bridge.url}/no/such/path") as response:
+        assert response.status == 404
+        assert response.content_type == "application/json"
+        assert (await response.json())["error"]["code"] == "NOT_FOUND"
+    async with http.delete(f"{bridge.url}/query/stream") as response:
+        assert response.status == 405
+        assert "GET" in response.headers["Allow"]
+        assert "DELETE is not allowed here" in (await response.json())["error"]["message"]
