@@ -83,8 +83,8 @@ def sse_event(payload: dict[str, Any]) -> bytes:
 
 
 def sse_retry(milliseconds: int) -> bytes:
-    """`retry:`: how long an `EventSource` waits before it reconnects (a block with no data: no event)."""
-    return b"retry: %d\n\n" % milliseconds
+    """A `retry:` line, how long an `EventSource` waits before it reconnects: sent in the first event."""
+    return b"retry: %d\n" % milliseconds
 
 
 def event_id(stream_id: str, sequence: int) -> bytes:

@@ -105,21 +105,22 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
 
     stream_id = core.request_id
     event_id = framing.event_id
+    first = framing.sse_retry(RETRY_MS)  # rides with the first event: no write of its own
 
     async def chunk(content: str, sequence: int) -> None:  # `write`, inlined: one call a token
+        nonlocal first
         guard.begin()
         try:
-            await response.write(framing.sse_chunk(content, event_id(stream_id, sequence)))
+            await response.write(framing.sse_chunk(content, first + event_id(stream_id, sequence)))
+            first = b""
         finally:
             guard.end()
 
     async def final(event: Completion | Failure, sequence: int) -> None:
-        await write(framing.sse_final(event, event_id(stream_id, sequence)))
+        await write(framing.sse_final(event, first + event_id(stream_id, sequence)))
 
     async def ended(reason: StreamError, sequence: int) -> None:
-        await write(framing.sse_final(core.failure(reason), event_id(stream_id, sequence)))
-
-    await write(framing.sse_retry(RETRY_MS))
+        await write(framing.sse_final(core.failure(reason), first + event_id(stream_id, sequence)))
 
     try:
         if await state.forward(OpenStream(core), TRANSPORT, chunk, final, ended) != "disconnected":
