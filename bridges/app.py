@@ -18,7 +18,7 @@ from streamgate.link.client import CoreClient
 
 from .config import BridgeConfig
 from .errors import error_response
-from .sse import stream_sse
+from .sse import resume_sse, stream_sse
 from .state import SHUTTING_DOWN, STATE, BridgeState
 from .ws import stream_ws
 
@@ -125,6 +125,7 @@ def create_app(config: BridgeConfig) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_post("/query/stream", stream_sse)
     app.router.add_get("/query/stream", stream_sse)
+    app.router.add_get("/query/stream/{stream_id}", resume_sse)
     app.router.add_route("OPTIONS", "/query/stream", preflight)
     app.router.add_get("/query/ws", stream_ws)
     app.router.add_get("/healthz", healthz)

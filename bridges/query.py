@@ -18,7 +18,9 @@ from streamgate.contract import NO_QUERY, StreamError, check_timeout, invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
 PARAMETERS = frozenset(pb.GenerationParameters.DESCRIPTOR.fields_by_name)
-FIELDS = frozenset({"query", "messages", "model", "parameters", "request_id", "timeout", "type"}) | PARAMETERS
+FIELDS = (
+    frozenset({"query", "messages", "model", "parameters", "request_id", "timeout", "type", "resumable"}) | PARAMETERS
+)
 #: A longer timeout is taken as this many seconds (about 31 years, within a protobuf Duration);
 #: the core caps every stream by its own timeout anyway.
 MAX_TIMEOUT = 1e9
@@ -100,6 +102,11 @@ def _from_json(data: Any) -> pb.GenerateRequest:
         merged["stop"] = [merged["stop"]]
     if merged:
         _parse(merged, request.parameters, "parameters")
+    resumable = data.get("resumable")
+    if resumable is not None:
+        if not isinstance(resumable, bool):
+            raise invalid(f"resumable must be true or false, got {type(resumable).__name__}")
+        request.resumable = resumable
     timeout = data.get("timeout")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout):
@@ -125,6 +132,10 @@ def from_query_string(params: Mapping[str, str]) -> pb.GenerateRequest:
                 data[name] = float(value) if "." in value or "e" in value.lower() else int(value)
             except ValueError:
                 raise invalid(f"{name} must be a number, got {value!r}") from None
+        elif name == "resumable":
+            if value.lower() not in ("1", "true", "0", "false"):
+                raise invalid(f"resumable must be 1 or 0, got {value!r}")
+            data[name] = value.lower() in ("1", "true")
         elif name == "timeout":
             try:
                 data[name] = float(value)

@@ -3,10 +3,10 @@
 An `EventSource` reconnects by itself whenever its connection ends, the normal end of a stream
 included, and sends the id of the last event it received as `Last-Event-ID`. Before frames had ids
 nothing told such a reconnect from a new request, and each one generated (and paid for) the same
-answer again. Now a request that carries `Last-Event-ID` never starts a generation: it is
-answered 204 No Content (which stops `EventSource`) when that id is the final frame of a stream
-this bridge delivered, and otherwise 410 Gone with the JSON error, until the stream can be resumed
-from its replay (see the issue on streams that survive).
+answer again. Now a request that carries `Last-Event-ID` never starts a generation: a resumable
+stream goes on from the core's replay (`sse._resume`); past the final frame of a stream this bridge
+delivered the answer is 204 No Content (which stops `EventSource`); anything else is 410 Gone with
+the JSON error.
 """
 
 from __future__ import annotations

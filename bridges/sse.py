@@ -16,6 +16,7 @@ import asyncio
 from aiohttp import web
 
 from streamgate.contract import Completion, ErrorCode, Failure, StreamError, invalid
+from streamgate.link.client import CoreStream
 from streamgate.v1 import streamgate_pb2 as pb
 
 from . import framing, query
@@ -62,9 +63,12 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     metrics = state.metrics
     last_event_id = request.headers.get("Last-Event-ID")
-    if last_event_id is not None:  # an EventSource reconnecting: never a new generation
+    if last_event_id is not None:  # an EventSource reconnecting: its stream resumed, never a new generation
         metrics.outcomes.labels(TRANSPORT, "reconnect").inc()
-        return answer_reconnect(state.delivered, last_event_id)
+        parsed = framing.parse_event_id(last_event_id)
+        if parsed is None:
+            return answer_reconnect(state.delivered, last_event_id)
+        return await _resume(request, *parsed)
     try:
         state.refuse_if_draining()
         generate = await _read_request(request, state.config.body_timeout)
@@ -83,6 +87,12 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
         metrics.outcomes.labels(TRANSPORT, "413").inc()
         return error_response(invalid(f"the body is larger than the limit of {limit} bytes"), status=413)
 
+    return await _send(request, core, 0)
+
+
+async def _send(request: web.Request, core: CoreStream, sequence: int) -> web.StreamResponse:
+    """The SSE response of an admitted (or resumed) stream, its frames numbered from `sequence`."""
+    state = request.app[STATE]
     response = web.StreamResponse(headers=SSE_HEADERS)
     try:
         await response.prepare(request)
@@ -123,7 +133,7 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
         await write(framing.sse_final(core.failure(reason), first + event_id(stream_id, sequence)))
 
     try:
-        if await state.forward(OpenStream(core), TRANSPORT, chunk, final, ended) != "disconnected":
+        if await state.forward(OpenStream(core), TRANSPORT, chunk, final, ended, sequence) != "disconnected":
             guard.begin()
             await response.write_eof()
             guard.end()
@@ -132,3 +142,38 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
     finally:
         guard.close()
     return response
+
+
+async def resume_sse(request: web.Request) -> web.StreamResponse:
+    """`GET /query/stream/{stream_id}` with `Last-Event-ID` or `?after=N`: a resumable stream's chunks
+    past that sequence, then its live tail (for clients that are not an `EventSource`)."""
+    after = -1
+    last = request.headers.get("Last-Event-ID")
+    if last is not None:
+        parsed = framing.parse_event_id(last)
+        if parsed is None or parsed[0] != request.match_info["stream_id"]:
+            return error_response(invalid("Last-Event-ID is not an event id of this stream"))
+        after = parsed[1]
+    elif "after" in request.query:
+        try:
+            after = int(request.query["after"])
+        except ValueError:
+            return error_response(invalid("after must be the sequence of the last event received"))
+    return await _resume(request, request.match_info["stream_id"], after)
+
+
+async def _resume(request: web.Request, stream_id: str, after: int) -> web.StreamResponse:
+    """The frames of stream `stream_id` past `after`: 204 when its final frame was delivered and
+    nothing is left, 410 when it cannot be resumed; never a new generation."""
+    state = request.app[STATE]
+    final = state.delivered.final_sequence(stream_id)
+    if final is not None and after >= final:
+        return web.Response(status=204)
+    try:
+        core = await state.client.attach(stream_id, after, request.headers.get("Authorization"))
+    except StreamError as error:
+        state.metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
+        if error.code is ErrorCode.NOT_FOUND:
+            return answer_reconnect(state.delivered, f"{stream_id}:{after}")
+        return error_response(error)
+    return await _send(request, core, after + 1)

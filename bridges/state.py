@@ -176,6 +176,7 @@ class BridgeState:
         send_chunk: Callable[[str, int], Awaitable[object]],
         send_final: Callable[[Completion | Failure, int], Awaitable[object]],
         send_ended: Callable[[StreamError, int], Awaitable[object]],
+        sequence: int = 0,
     ) -> str:
         """Send a core stream to a client until its one final frame, and count how it ended, once.
 
@@ -188,8 +189,7 @@ class BridgeState:
         self.add(stream)
         metrics.open_streams.labels(transport).inc()
         frames = metrics.frames.labels(transport)
-        outcome = "OK"
-        sequence = 0  # of the next frame
+        outcome = "OK"  # `sequence`: the next frame's (past the `after` of a resumed stream)
         try:
             async with contextlib.aclosing(core.events()) as events:
                 try:

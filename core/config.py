@@ -61,6 +61,12 @@ class LiteLLMConfig:
     #: On the lean path, keep a spare idle connection open ahead of the streams to each upstream, so
     #: that a new stream finds one instead of paying a connect (and TLS handshake) before its first token.
     preconnect: bool = True
+    #: Seconds a resumable stream goes on while no client reads it (0: streams are never resumable).
+    resume_grace: float = 10.0
+    #: Seconds a resumable stream's replay is kept after its end (for a client that missed the final frame).
+    resume_window: float = 60.0
+    #: Bytes all replays together may hold; the oldest finished ones go first.
+    resume_buffer_bytes: int = 64 * 1024 * 1024
     #: Pace of the embedded default model, in tokens per second (0: as fast as it can).
     embedded_tokens_per_second: float = 30.0
 
@@ -73,6 +79,12 @@ class LiteLLMConfig:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
         if self.max_concurrent_streams < 1:
             raise ValueError(f"max_concurrent_streams must be at least 1, got {self.max_concurrent_streams}")
+        for name in ("resume_grace", "resume_window"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a non-negative number of seconds, got {value}")
+        if self.resume_buffer_bytes < 0:
+            raise ValueError(f"resume_buffer_bytes must not be negative, got {self.resume_buffer_bytes}")
         if self.max_answer_chars < 1:
             raise ValueError(f"max_answer_chars must be at least 1, got {self.max_answer_chars}")
         if self.max_streams_per_key < 0:

@@ -22,9 +22,10 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Self
 
-from streamgate.contract import Chunk, Completion, ErrorCode, Event, Failure, StreamError, StreamRequest, Usage
+from streamgate.contract import Chunk, Completion, ErrorCode, Event, Failure, Metrics, StreamError, StreamRequest, Usage
 
 from .metrics import GatewayMetrics, StreamClock
+from .replay import MemoryReplayStore, Replay
 from .upstream import Provider, clean_text
 
 logger = logging.getLogger("streamgate.core")
@@ -46,6 +47,9 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        self.replays = MemoryReplayStore(self.config.resume_window, self.config.resume_buffer_bytes)
+        #: The tasks that run resumable streams (each reads its stream into its replay).
+        self._runners: set[asyncio.Task[None]] = set()
 
     @property
     def active_streams(self) -> int:
@@ -85,6 +89,48 @@ class Gateway:
         self.metrics.stream_started()
         logger.debug("stream %s started: model=%s key=%s", request.request_id, model, request.principal)
         return stream
+
+    def open_resumable(self, request: StreamRequest) -> Replay:
+        """Admit a stream that runs in a task of its own, into a replay that clients read (and read
+        again after a dropped connection); or refuse it at once with a `StreamError`."""
+        grace = self.config.resume_grace
+        if not grace:
+            raise StreamError(ErrorCode.INVALID_ARGUMENT, "resumable streams are off on this server")
+        replay = self.replays.create(request.request_id, request.principal, self._away)
+        try:
+            stream = self.open(request)
+        except StreamError:
+            self.replays.remove(replay.stream_id)
+            raise
+        runner = asyncio.get_running_loop().create_task(self._run_resumable(stream, replay))
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+        replay.stream = stream
+        self._away(replay)  # until its first reader comes
+        return replay
+
+    async def _run_resumable(self, stream: GatewayStream, replay: Replay) -> None:
+        try:
+            async with stream:
+                async for event in stream:
+                    self.replays.added(replay, replay.append(event))
+        finally:
+            if replay.final is None:  # cancelled from outside (shutdown): its readers still get an end
+                text = "".join(e.content for e in replay.events if isinstance(e, Chunk))
+                gone = StreamError(ErrorCode.UNAVAILABLE, SHUTTING_DOWN, retryable=True)
+                final = Failure(gone, text, stream.model, Usage(0, 0), None, Metrics(), stream.request.request_id)
+                self.replays.added(replay, replay.append(final))
+
+    def _away(self, replay: Replay) -> None:
+        """No client reads `replay` now: end its stream as cancelled unless one comes within the grace."""
+        grace = self.config.resume_grace
+
+        def check() -> None:
+            stream = replay.stream
+            if replay.readers == 0 and replay.final is None and stream is not None:
+                stream.abort(StreamError(ErrorCode.CANCELLED, f"no client read the stream for {grace:g} s"))
+
+        asyncio.get_running_loop().call_later(grace, check)
 
     def _release(self, stream: GatewayStream) -> None:
         self._streams.discard(stream)

@@ -113,6 +113,15 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "--retries", int, 2, "tries of a model again when it fails before its first token")
     _add(group, "--fallback-models", _comma_list, (), "comma-separated models tried in order when the model fails")
     _add(group, "--tokens-per-second", float, 30.0, "pace of the embedded default model (0: unpaced)")
+    _add(
+        group,
+        "--resume-grace",
+        float,
+        10.0,
+        "seconds a resumable stream goes on while no client reads it (0: no stream is resumable)",
+    )
+    _add(group, "--resume-window", float, 60.0, "seconds a resumable stream's replay is kept after its end")
+    _add(group, "--resume-buffer-bytes", int, 64 * 1024 * 1024, "bytes all replays may hold; oldest finished out")
     _add(group, "--preconnect", _on_off, True, "keep a spare upstream connection open ahead of new streams (on/off)")
 
 
@@ -234,6 +243,9 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         max_streams_per_key=args.max_streams_per_key,
         allowed_models=args.allowed_models,
         allow_any_model=args.allow_any_model,
+        resume_grace=args.resume_grace,
+        resume_window=args.resume_window,
+        resume_buffer_bytes=args.resume_buffer_bytes,
         preconnect=args.preconnect,
     )
     keyring = Keyring()
@@ -288,6 +300,9 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "fallback_models",
         "allowed_models",
         "allow_any_model",
+        "resume_grace",
+        "resume_window",
+        "resume_buffer_bytes",
         "tokens_per_second",
         "host",
         "grpc_port",

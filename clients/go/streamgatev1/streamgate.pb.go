@@ -274,7 +274,11 @@ type GenerateRequest struct {
 	// Echoed in the final message and in logs; the server makes one when empty.
 	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Whole-stream timeout; capped by the server's own stream timeout.
-	Timeout       *durationpb.Duration `protobuf:"bytes,6,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,6,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Keep the stream's output so that a client whose connection dropped can
+	// read it again from where it was (the bridge's Last-Event-ID); the stream
+	// goes on for the server's resume grace while no client reads it.
+	Resumable     bool `protobuf:"varint,7,opt,name=resumable,proto3" json:"resumable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -349,6 +353,13 @@ func (x *GenerateRequest) GetTimeout() *durationpb.Duration {
 		return x.Timeout
 	}
 	return nil
+}
+
+func (x *GenerateRequest) GetResumable() bool {
+	if x != nil {
+		return x.Resumable
+	}
+	return false
 }
 
 // GenerateResponse is one event of a generation stream.
@@ -1100,7 +1111,7 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\x06_top_pB\x13\n" +
 	"\x11_presence_penaltyB\x14\n" +
 	"\x12_frequency_penaltyB\a\n" +
-	"\x05_seed\"\x8e\x02\n" +
+	"\x05_seed\"\xac\x02\n" +
 	"\x0fGenerateRequest\x126\n" +
 	"\bmessages\x18\x01 \x03(\v2\x1a.streamgate.v1.ChatMessageR\bmessages\x12\x14\n" +
 	"\x05query\x18\x02 \x01(\tR\x05query\x12\x14\n" +
@@ -1110,7 +1121,8 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"parameters\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x123\n" +
-	"\atimeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xb4\x01\n" +
+	"\atimeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1c\n" +
+	"\tresumable\x18\a \x01(\bR\tresumable\"\xb4\x01\n" +
 	"\x10GenerateResponse\x12,\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x14.streamgate.v1.ChunkH\x00R\x05chunk\x12;\n" +
 	"\n" +

@@ -47,6 +47,7 @@ def request_from_proto(message: pb.GenerateRequest, principal: str | None = None
         request_id=message.request_id or None,
         timeout=timeout,
         principal=principal,
+        resumable=message.resumable,
     )
 
 

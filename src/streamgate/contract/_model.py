@@ -161,6 +161,8 @@ class StreamRequest:
     timeout: float | None = None
     #: Who asked (the API key's holder), for per-key limits and logs; None when auth is off.
     principal: str | None = None
+    #: Keep the stream's output for clients that reconnect (`streamgate.core.replay`).
+    resumable: bool = False
 
     @classmethod
     def create(
@@ -173,6 +175,7 @@ class StreamRequest:
         request_id: str | None = None,
         timeout: float | None = None,
         principal: str | None = None,
+        resumable: bool = False,
     ) -> StreamRequest:
         """Validate the parts of a request; raises `StreamError(INVALID_ARGUMENT)`."""
         chat = tuple(messages)
@@ -209,6 +212,7 @@ class StreamRequest:
             request_id=request_id or uuid.uuid4().hex,
             timeout=timeout,
             principal=principal,
+            resumable=resumable,
         )
 
 

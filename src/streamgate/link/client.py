@@ -36,6 +36,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from streamgate.contract import (
+    MAX_REQUEST_ID,
     Chunk,
     ErrorCode,
     Event,
@@ -246,6 +247,15 @@ class _Link:
         self._send(command)
         return stream
 
+    def attach(self, request_id: str, after: int, authorization: str | None) -> CoreStream:
+        stream_id = next(self._ids)
+        attach = link_pb.RelayAttach(request_id=request_id, after=after, authorization=authorization or "")
+        command = link_pb.RelayCommand(stream_id=stream_id, attach=attach)
+        stream = CoreStream(self, stream_id)
+        self._streams[stream_id] = stream
+        self._send(command)
+        return stream
+
     def cancel(self, stream_id: int) -> None:
         if self.broken is None:
             self._send(link_pb.RelayCommand(stream_id=stream_id, cancel=link_pb.RelayCancel()))
@@ -374,6 +384,20 @@ class CoreClient:
             if link.broken is not None:
                 raise link.broken
         stream = link.open(request, authorization)
+        await stream.admitted()
+        return stream
+
+    async def attach(self, request_id: str, after: int, authorization: str | None = None) -> CoreStream:
+        """Read a resumable stream again: its chunks past sequence `after`, then its live tail; raises
+        `StreamError` (NOT_FOUND when the core has no replay of it for these credentials)."""
+        if authorization is not None and not (authorization.isascii() and authorization.isprintable()):
+            raise StreamError(ErrorCode.UNAUTHENTICATED, "the credentials must be printable ASCII")
+        if not (request_id.isascii() and request_id.isprintable() and len(request_id) <= MAX_REQUEST_ID):
+            raise StreamError(ErrorCode.NOT_FOUND, "no such stream")
+        link = self._link
+        if link is None or link.broken is not None:
+            link = self._link = _Link(self._stub, self._coalesce, self._link_token)
+        stream = link.attach(request_id, after, authorization)
         await stream.admitted()
         return stream
 

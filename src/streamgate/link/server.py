@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from streamgate.contract import GRPC_STATUS, error_to_proto, event_to_proto, invalid, request_from_proto
-from streamgate.core import Chunk, ErrorCode, Failure, Gateway, StreamError
+from streamgate.core import Chunk, ErrorCode, Event, Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
 from streamgate.link.v1 import link_pb2 as link_pb
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
@@ -294,11 +294,11 @@ class RelaySession:
             if task is not None:
                 task.cancel()
             return False
-        if kind != "open":
-            raise invalid(f"stream {stream_id}: a command with neither open nor cancel")
+        if kind not in ("open", "attach"):
+            raise invalid(f"stream {stream_id}: a command with neither open, attach nor cancel")
         if stream_id in self._tasks:
             raise invalid(f"stream id {stream_id} is already open on this call")
-        task = asyncio.create_task(self._serve(stream_id, command.open))
+        task = asyncio.create_task(self._serve(stream_id, command.open if kind == "open" else command.attach))
         self._tasks[stream_id] = task
         task.add_done_callback(lambda done: self._forget(stream_id, done))
         return True
@@ -307,21 +307,33 @@ class RelaySession:
         if self._tasks.get(stream_id) is task:  # not a later stream that reused the id
             del self._tasks[stream_id]
 
-    async def _serve(self, stream_id: int, command: link_pb.RelayOpen) -> None:
+    def _events(self, command: link_pb.RelayOpen | link_pb.RelayAttach) -> tuple[str, AsyncIterator[Event]]:
+        """The stream a command asks for, admitted (or attached to): its request id and its events."""
+        gateway = self._gateway
+        principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
+        if isinstance(command, link_pb.RelayAttach):
+            replay = gateway.replays.find(command.request_id, principal)
+            return replay.stream_id, replay.read(command.after)
+        request = request_from_proto(command.request, principal)
+        if request.resumable:
+            return request.request_id, gateway.open_resumable(request).read()
+        stream = gateway.open(request)
+        return stream.request.request_id, stream
+
+    async def _serve(self, stream_id: int, command: link_pb.RelayOpen | link_pb.RelayAttach) -> None:
         outbox = self._outbox
         place = _Stream(stream_id)
-        request_id, ended = None, False
+        request_id: str | None = None
+        ended = False
         try:
             try:
-                principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
-                stream = self._gateway.open(request_from_proto(command.request, principal))
+                request_id, stream = self._events(command)
             except StreamError as error:
                 outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
                 return
-            request_id = stream.request.request_id
             admitted = link_pb.RelayAdmitted(request_id=request_id)
             outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, admitted=admitted), urgent=True)
-            async with stream:
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]  # both kinds have aclose()
                 async for event in stream:
                     if isinstance(event, Chunk):
                         if outbox.chunk(place, event):

@@ -12,6 +12,7 @@ it leaks the call: grpc/grpc#43360).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from typing import Any
 import grpc
 
 from streamgate.contract import GRPC_STATUS, event_to_proto, request_from_proto
-from streamgate.core import Failure, Gateway, StreamError
+from streamgate.core import Event, Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
@@ -61,12 +62,17 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
                 remaining = max(remaining - DEADLINE_MARGIN, 0.001)
                 if stream_request.timeout is None or remaining < stream_request.timeout:
                     stream_request = dataclasses.replace(stream_request, timeout=remaining)
-            stream = self.gateway.open(stream_request)
+            stream: AsyncIterator[Event] = (
+                self.gateway.open_resumable(stream_request).read()
+                if stream_request.resumable
+                else self.gateway.open(stream_request)
+            )
         except StreamError as error:
             await context.abort(GRPC_STATUS[error.code], error.message)
         # Admitted: from here to the release, nothing may come between (no await, no code that can
-        # raise), or a failure or a cancel there would hold the slot for good.
-        async with stream:
+        # raise), or a failure or a cancel there would hold the slot for good. (A resumable stream's
+        # slot is its runner's: leaving its replay only stops reading it.)
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]  # both kinds have aclose()
             # Headers now: the client knows at once that the stream was admitted.
             await context.send_initial_metadata(((REQUEST_ID_HEADER, stream_request.request_id),))
             async for event in stream:

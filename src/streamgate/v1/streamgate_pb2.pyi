@@ -164,6 +164,7 @@ class GenerateRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    RESUMABLE_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """A single user message; shorthand for messages = [{role: "user", content: query}]."""
     model: _builtins.str
@@ -172,6 +173,11 @@ class GenerateRequest(_message.Message):
     """
     request_id: _builtins.str
     """Echoed in the final message and in logs; the server makes one when empty."""
+    resumable: _builtins.bool
+    """Keep the stream's output so that a client whose connection dropped can
+    read it again from where it was (the bridge's Last-Event-ID); the stream
+    goes on for the server's resume grace while no client reads it.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """The chat so far. Either messages or query must be given, not both."""
@@ -191,10 +197,11 @@ class GenerateRequest(_message.Message):
         parameters: Global___GenerationParameters | None = ...,
         request_id: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        resumable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "parameters", b"parameters", "query", b"query", "request_id", b"request_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "parameters", b"parameters", "query", b"query", "request_id", b"request_id", "resumable", b"resumable", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -53,28 +53,65 @@ class RelayCommand(_message.Message):
     STREAM_ID_FIELD_NUMBER: _builtins.int
     OPEN_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    ATTACH_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.int
     """Chosen by the client, unique among the streams open on the call."""
     @_builtins.property
     def open(self) -> Global___RelayOpen: ...
     @_builtins.property
     def cancel(self) -> Global___RelayCancel: ...
+    @_builtins.property
+    def attach(self) -> Global___RelayAttach: ...
     def __init__(
         self,
         *,
         stream_id: _builtins.int = ...,
         open: Global___RelayOpen | None = ...,
         cancel: Global___RelayCancel | None = ...,
+        attach: Global___RelayAttach | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "command", b"command", "open", b"open"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attach", b"attach", "cancel", b"cancel", "command", b"command", "open", b"open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "command", b"command", "open", b"open", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attach", b"attach", "cancel", b"cancel", "command", b"command", "open", b"open", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["open", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_command: _TypeAlias = _typing.Literal["open", "cancel", "attach"]  # noqa: Y015
     _WhichOneofArgType_command: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_command) -> _WhichOneofReturnType_command | None: ...
 
 Global___RelayCommand: _TypeAlias = RelayCommand  # noqa: Y015
+
+@_typing.final
+class RelayAttach(_message.Message):
+    """RelayAttach reads a resumable stream again: its chunks past a sequence,
+    then its live tail, as an opened stream's frames (refused NOT_FOUND when
+    the stream is unknown, its replay is gone, or another key opened it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The stream's request id."""
+    after: _builtins.int
+    """The sequence of the last chunk the client has; -1 for all of them."""
+    authorization: _builtins.str
+    """The credentials, as RelayOpen's."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        after: _builtins.int = ...,
+        authorization: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "authorization", b"authorization", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayAttach: _TypeAlias = RelayAttach  # noqa: Y015
 
 @_typing.final
 class RelayOpen(_message.Message):

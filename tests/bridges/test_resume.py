@@ -1,0 +1,113 @@
+"""A resumable stream survives a dropped connection: the client reconnects with `Last-Event-ID` (or
+`GET /query/stream/{id}?after=N`) and gets the rest, from the core's replay, with no second upstream
+request; the joined text equals `final_response`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import aiohttp
+import pytest
+
+from streamgate.bridges.app import BridgeServer
+from streamgate.testing.upstream import FakeUpstream, Scenario, token
+from tests.conftest import BridgeFactory, eventually
+
+TOKENS = 30
+
+
+async def _events(response: aiohttp.ClientResponse, stop_after: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(id, data) of each event, stopping (and dropping the connection) after `stop_after` chunks."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    while block := await response.content.readuntil(b"\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.decode().strip().splitlines() if ": " in line)
+        data = json.loads(fields["data"])
+        events.append((fields["id"], data))
+        if data["is_final"] or (stop_after is not None and len(events) == stop_after):
+            break
+    return events
+
+
+@pytest.mark.parametrize("how", ["Last-Event-ID on /query/stream", "Last-Event-ID on /query/stream/{id}", "?after=N"])
+async def test_a_dropped_resumable_stream_is_finished_from_its_replay(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream, how: str
+) -> None:
+    upstream.default = Scenario(tokens=TOKENS, delay=0.01)
+    async with http.post(f"{bridge.url}/query/stream", json={"query": "hi", "resumable": True}) as response:
+        first = await _events(response, stop_after=7)
+    last_id = first[-1][0]
+    stream_id, _, after = last_id.rpartition(":")
+    await asyncio.sleep(0.1)  # the stream goes on while nobody reads it
+
+    url, headers = {
+        "Last-Event-ID on /query/stream": (f"{bridge.url}/query/stream?query=hi", {"Last-Event-ID": last_id}),
+        "Last-Event-ID on /query/stream/{id}": (f"{bridge.url}/query/stream/{stream_id}", {"Last-Event-ID": last_id}),
+        "?after=N": (f"{bridge.url}/query/stream/{stream_id}?after={after}", {}),
+    }[how]
+    async with http.get(url, headers=headers) as response:
+        assert response.status == 200
+        rest = await _events(response)
+
+    frames = [data for _, data in first + rest]
+    assert sum(f["is_final"] for f in frames) == 1 and frames[-1]["is_final"]
+    text = "".join(f["content"] for f in frames[:-1])
+    assert text == frames[-1]["metadata"]["final_response"] == "".join(token(i) for i in range(TOKENS))
+    assert rest[0][0] == f"{stream_id}:{int(after) + 1}"
+    assert upstream.counters.started == 1, "no second upstream request"
+
+    # After the final frame: 204, which stops an EventSource; still no generation.
+    async with http.get(f"{bridge.url}/query/stream?query=hi", headers={"Last-Event-ID": rest[-1][0]}) as response:
+        assert response.status == 204
+    assert upstream.counters.started == 1
+
+
+async def test_drop_and_resume_at_random_frames(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=TOKENS, delay=0.002)
+    rng = random.Random(14)
+    for _ in range(20):
+        async with http.post(f"{bridge.url}/query/stream", json={"query": "hi", "resumable": True}) as response:
+            frames = await _events(response, stop_after=rng.randint(1, TOKENS))
+        while not frames[-1][1]["is_final"]:
+            async with http.get(
+                f"{bridge.url}/query/stream?query=hi", headers={"Last-Event-ID": frames[-1][0]}
+            ) as response:
+                assert response.status == 200
+                frames += await _events(response, stop_after=rng.randint(1, TOKENS))
+        data = [d for _, d in frames]
+        assert sum(d["is_final"] for d in data) == 1
+        assert "".join(d["content"] for d in data[:-1]) == data[-1]["metadata"]["final_response"]
+    assert upstream.counters.started == 20
+
+
+async def test_a_resumable_stream_nobody_comes_back_to_ends_cancelled_after_the_grace(
+    make_bridge: BridgeFactory, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    bridge = await make_bridge(core_resume_grace=0.5)
+    upstream.default = Scenario(tokens=1000, delay=0.01)
+    async with http.post(f"{bridge.url}/query/stream", json={"query": "hi", "resumable": True}) as response:
+        first = await _events(response, stop_after=3)
+    await eventually(lambda: upstream.counters.active == 0, within=3.0)  # closed after the grace
+    assert upstream.counters.disconnects == 1
+
+    async with http.get(f"{bridge.url}/query/stream?query=hi", headers={"Last-Event-ID": first[-1][0]}) as response:
+        rest = await _events(response)
+    final = rest[-1][1]
+    assert final["is_final"] and final["metadata"]["code"] == "CANCELLED"
+    assert final["metadata"]["usage"]["completion_tokens"] > 3  # what the provider produced is reported
+
+
+async def test_a_stream_not_asked_for_as_resumable_is_closed_when_its_client_leaves(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=1000, delay=0.01)
+    async with http.post(f"{bridge.url}/query/stream", json={"query": "hi"}) as response:
+        first = await _events(response, stop_after=3)
+    await eventually(lambda: upstream.counters.active == 0, within=1.0)
+    async with http.get(f"{bridge.url}/query/stream?query=hi", headers={"Last-Event-ID": first[-1][0]}) as response:
+        assert response.status == 410
+    assert upstream.counters.started == 1
