@@ -150,6 +150,23 @@ def is_cancel(data: Any) -> bool:
     return isinstance(data, Mapping) and data.get("type") == "cancel"
 
 
+def resume_of(data: Any) -> tuple[str, int] | None:
+    """`{"type": "resume", "stream_id": "...", "after": N}`: the stream and the last sequence received."""
+    if not (isinstance(data, Mapping) and data.get("type") == "resume"):
+        return None
+    stream_id, after = data.get("stream_id"), data.get("after", -1)
+    if (
+        not isinstance(stream_id, str)
+        or not stream_id
+        or not isinstance(after, int)
+        or isinstance(after, bool)
+        or not -1 <= after < 2**62
+        or set(data) - {"type", "stream_id", "after"}
+    ):
+        raise invalid('a resume message is {"type": "resume", "stream_id": "<id>", "after": <last seq received>}')
+    return stream_id, after
+
+
 def is_auth(data: Any) -> bool:
     """`{"type": "auth", "api_key": "..."}`: credentials for a WebSocket whose browser cannot set headers."""
     if not (isinstance(data, Mapping) and data.get("type") == "auth"):
@@ -160,4 +177,4 @@ def is_auth(data: Any) -> bool:
     return True
 
 
-__all__ = ["NO_QUERY", "StreamError", "from_json", "from_query_string", "is_auth", "is_cancel", "loads"]
+__all__ = ["NO_QUERY", "StreamError", "from_json", "from_query_string", "is_auth", "is_cancel", "loads", "resume_of"]

@@ -36,6 +36,14 @@ class _Reject:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    """Read a resumable stream again, past the sequence `after`."""
+
+    stream_id: str
+    after: int
+
+
 class Session:
     def __init__(
         self, ws: web.WebSocketResponse, state: BridgeState, guard: WriteGuard, authorization: str | None = None
@@ -46,7 +54,7 @@ class Session:
         self.guard = guard
         #: Passed on to the core with each query: the upgrade's header, or an `auth` message's key.
         self.authorization = authorization
-        self.pending: asyncio.Queue[pb.GenerateRequest | _Reject] = asyncio.Queue()
+        self.pending: asyncio.Queue[pb.GenerateRequest | _Resume | _Reject] = asyncio.Queue()
         self.queries = 0
         self.current: OpenStream | None = None
         #: A cancel arrived while no query was streaming but one was waiting or being admitted:
@@ -66,7 +74,8 @@ class Session:
             if query.is_auth(data):
                 self.authorization = f"Bearer {data['api_key']}"
                 return
-            request = query.from_json(data)
+            resume = query.resume_of(data)
+            request: pb.GenerateRequest | _Resume = _Resume(*resume) if resume is not None else query.from_json(data)
             if self.queries >= self.state.config.max_queued_queries + 1:
                 raise invalid("too many queries waiting: wait for a complete message, or cancel")
         except StreamError as error:
@@ -92,7 +101,7 @@ class Session:
         finally:
             self.guard.end()
 
-    def _put(self, item: pb.GenerateRequest | _Reject) -> None:
+    def _put(self, item: pb.GenerateRequest | _Resume | _Reject) -> None:
         if self.pending.qsize() >= MAX_PENDING:
             raise _Flooded
         self.pending.put_nowait(item)
@@ -112,17 +121,25 @@ class Session:
             if ws.closed:
                 return
 
-    async def _stream(self, request: pb.GenerateRequest) -> None:
+    async def _stream(self, request: pb.GenerateRequest | _Resume) -> None:
         ws, state, metrics, guard, send = self.ws, self.state, self.state.metrics, self.guard, self.send
+        resume = request if isinstance(request, _Resume) else None
+        if isinstance(request, _Resume):
+            model, request_id = "", request.stream_id
+        else:
+            model, request_id = request.model, request.request_id
         if self._cancel_next:  # cancelled before it started: answer so, and call no upstream
             self._cancel_next = False
-            metadata = framing.cancelled_metadata("", request.model, Metrics(), request.request_id)
+            metadata = framing.cancelled_metadata("", model, Metrics(), request_id)
             metrics.outcomes.labels(TRANSPORT, "CANCELLED").inc()
             await send(framing.ws_complete("", metadata))
             return
         try:
             state.refuse_if_draining()
-            core = await state.client.open(request, self.authorization)
+            if isinstance(request, _Resume):  # a resumable stream read again: never a new generation
+                core = await state.client.attach(request.stream_id, request.after, self.authorization)
+            else:
+                core = await state.client.open(request, self.authorization)
         except StreamError as error:
             metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
             await send(framing.ws_error(error.message))
@@ -149,13 +166,14 @@ class Session:
         async def ended(reason: StreamError, sequence: int) -> None:
             if reason is CANCELLED:
                 text = "".join(core.text)
-                metadata = framing.cancelled_metadata(text, request.model, core.metrics(), core.request_id)
+                metadata = framing.cancelled_metadata(text, model, core.metrics(), core.request_id)
                 await send(framing.ws_complete(text, metadata, ids(stream_id, sequence)))
             else:
                 await send(framing.ws_final(core.failure(reason), ids(stream_id, sequence)))
 
         try:
-            await state.forward(self.current, TRANSPORT, chunk, final, ended)
+            sequence = resume.after + 1 if resume is not None else 0
+            await state.forward(self.current, TRANSPORT, chunk, final, ended, sequence)
         finally:
             self.current = None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 from streamgate.contract import Chunk, ErrorCode, Event, StreamError
@@ -78,7 +78,7 @@ class Replay:
                 return event.index + 1
         return 0
 
-    async def read(self, after: int = -1) -> AsyncIterator[Event]:
+    async def read(self, after: int = -1) -> AsyncGenerator[Event, None]:
         """The chunks with a sequence past `after`, then the live tail, to the one final event."""
         self.readers += 1
         try:

@@ -111,3 +111,50 @@ async def test_a_stream_not_asked_for_as_resumable_is_closed_when_its_client_lea
     async with http.get(f"{bridge.url}/query/stream?query=hi", headers={"Last-Event-ID": first[-1][0]}) as response:
         assert response.status == 410
     assert upstream.counters.started == 1
+
+
+async def test_a_websocket_resumes_a_stream_its_last_connection_dropped(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=TOKENS, delay=0.01)
+    async with http.ws_connect(f"{bridge.url}/query/ws") as ws:
+        await ws.send_json({"query": "hi", "resumable": True})
+        first = [await ws.receive_json(timeout=10) for _ in range(5)]
+    # The socket is gone mid-answer; a new one resumes after the last chunk it had.
+    async with http.ws_connect(f"{bridge.url}/query/ws") as ws:
+        await ws.send_json({"type": "resume", "stream_id": first[-1]["stream_id"], "after": first[-1]["seq"]})
+        rest = [await ws.receive_json(timeout=10)]
+        while rest[-1]["type"] == "chunk":
+            rest.append(await ws.receive_json(timeout=10))
+        await ws.send_json({"type": "resume", "stream_id": "no-such-stream", "after": 3})
+        unknown = await ws.receive_json(timeout=10)
+    messages = first + rest
+    assert [m["seq"] for m in messages] == list(range(TOKENS + 1))
+    assert rest[-1]["type"] == "complete"
+    assert "".join(m["content"] for m in messages[:-1]) == rest[-1]["metadata"]["final_response"]
+    assert unknown["type"] == "error" and "cannot be resumed" in unknown["content"]
+    assert upstream.counters.started == 1
+
+
+async def test_grpc_attach_reads_a_resumable_stream_again(core: Any, upstream: FakeUpstream) -> None:
+    import grpc
+
+    from streamgate.v1 import streamgate_pb2 as pb
+    from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
+
+    upstream.default = Scenario(tokens=TOKENS, delay=0.005)
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        stub = pb_grpc.StreamGateServiceStub(channel)
+        call = stub.Generate(pb.GenerateRequest(query="hi", resumable=True))
+        request_id = dict(await call.initial_metadata())["x-request-id"]
+        first = [await call.read() for _ in range(4)]
+        call.cancel()  # the client leaves; the stream goes on for the grace
+        rest = [r.event async for r in stub.Attach(pb.AttachRequest(request_id=request_id, after=3))]
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            async for _ in stub.Attach(pb.AttachRequest(request_id="nope", after=-1)):
+                pass
+    chunks = [r.chunk for r in first] + [e.chunk for e in rest[:-1]]
+    assert [c.index for c in chunks] == list(range(TOKENS))
+    assert "".join(c.content for c in chunks) == rest[-1].completion.text
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert upstream.counters.started == 1

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	StreamGateService_Generate_FullMethodName   = "/streamgate.v1.StreamGateService/Generate"
+	StreamGateService_Attach_FullMethodName     = "/streamgate.v1.StreamGateService/Attach"
 	StreamGateService_GetMetrics_FullMethodName = "/streamgate.v1.StreamGateService/GetMetrics"
 )
 
@@ -37,6 +38,11 @@ type StreamGateServiceClient interface {
 	// A stream that fails after it was admitted sends its final Error message
 	// and then ends with the matching non-OK status.
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GenerateResponse], error)
+	// Attach reads a resumable stream again (one opened with resumable set):
+	// its chunks after a sequence, then its live tail, up to the one final
+	// message, as Generate sends them. NOT_FOUND when the stream is unknown,
+	// its replay is gone, or another API key opened it. It never generates.
+	Attach(ctx context.Context, in *AttachRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AttachResponse], error)
 	// GetMetrics returns the aggregate metrics of this server.
 	GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (*GetMetricsResponse, error)
 }
@@ -68,6 +74,25 @@ func (c *streamGateServiceClient) Generate(ctx context.Context, in *GenerateRequ
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type StreamGateService_GenerateClient = grpc.ServerStreamingClient[GenerateResponse]
 
+func (c *streamGateServiceClient) Attach(ctx context.Context, in *AttachRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AttachResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &StreamGateService_ServiceDesc.Streams[1], StreamGateService_Attach_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AttachRequest, AttachResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StreamGateService_AttachClient = grpc.ServerStreamingClient[AttachResponse]
+
 func (c *streamGateServiceClient) GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (*GetMetricsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetMetricsResponse)
@@ -92,6 +117,11 @@ type StreamGateServiceServer interface {
 	// A stream that fails after it was admitted sends its final Error message
 	// and then ends with the matching non-OK status.
 	Generate(*GenerateRequest, grpc.ServerStreamingServer[GenerateResponse]) error
+	// Attach reads a resumable stream again (one opened with resumable set):
+	// its chunks after a sequence, then its live tail, up to the one final
+	// message, as Generate sends them. NOT_FOUND when the stream is unknown,
+	// its replay is gone, or another API key opened it. It never generates.
+	Attach(*AttachRequest, grpc.ServerStreamingServer[AttachResponse]) error
 	// GetMetrics returns the aggregate metrics of this server.
 	GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error)
 	mustEmbedUnimplementedStreamGateServiceServer()
@@ -106,6 +136,9 @@ type UnimplementedStreamGateServiceServer struct{}
 
 func (UnimplementedStreamGateServiceServer) Generate(*GenerateRequest, grpc.ServerStreamingServer[GenerateResponse]) error {
 	return status.Error(codes.Unimplemented, "method Generate not implemented")
+}
+func (UnimplementedStreamGateServiceServer) Attach(*AttachRequest, grpc.ServerStreamingServer[AttachResponse]) error {
+	return status.Error(codes.Unimplemented, "method Attach not implemented")
 }
 func (UnimplementedStreamGateServiceServer) GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMetrics not implemented")
@@ -142,6 +175,17 @@ func _StreamGateService_Generate_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type StreamGateService_GenerateServer = grpc.ServerStreamingServer[GenerateResponse]
 
+func _StreamGateService_Attach_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AttachRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(StreamGateServiceServer).Attach(m, &grpc.GenericServerStream[AttachRequest, AttachResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type StreamGateService_AttachServer = grpc.ServerStreamingServer[AttachResponse]
+
 func _StreamGateService_GetMetrics_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetMetricsRequest)
 	if err := dec(in); err != nil {
@@ -176,6 +220,11 @@ var StreamGateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Generate",
 			Handler:       _StreamGateService_Generate_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Attach",
+			Handler:       _StreamGateService_Attach_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -80,6 +80,22 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
                 if isinstance(event, Failure):
                     await context.abort(GRPC_STATUS[event.error.code], event.error.message)
 
+    async def Attach(
+        self,
+        request: pb.AttachRequest,
+        context: grpc.aio.ServicerContext[pb.AttachRequest, pb.AttachResponse],
+    ) -> AsyncIterator[pb.AttachResponse]:
+        """A resumable stream read again from `after`: its replay, then its live tail; never a generation."""
+        try:
+            replay = self.gateway.replays.find(request.request_id, self._authenticate(context))
+        except StreamError as error:
+            await context.abort(GRPC_STATUS[error.code], error.message)
+        async with contextlib.aclosing(replay.read(request.after)) as events:
+            async for event in events:
+                yield pb.AttachResponse(event=event_to_proto(event))
+                if isinstance(event, Failure):
+                    await context.abort(GRPC_STATUS[event.error.code], event.error.message)
+
     async def GetMetrics(
         self,
         request: pb.GetMetricsRequest,

@@ -40,6 +40,11 @@ class StreamGateServiceStub:
                 request_serializer=streamgate_dot_v1_dot_streamgate__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=streamgate_dot_v1_dot_streamgate__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Attach = channel.unary_stream(
+                '/streamgate.v1.StreamGateService/Attach',
+                request_serializer=streamgate_dot_v1_dot_streamgate__pb2.AttachRequest.SerializeToString,
+                response_deserializer=streamgate_dot_v1_dot_streamgate__pb2.AttachResponse.FromString,
+                _registered_method=True)
         self.GetMetrics = channel.unary_unary(
                 '/streamgate.v1.StreamGateService/GetMetrics',
                 request_serializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsRequest.SerializeToString,
@@ -64,6 +69,16 @@ class StreamGateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request, context):
+        """Attach reads a resumable stream again (one opened with resumable set):
+        its chunks after a sequence, then its live tail, up to the one final
+        message, as Generate sends them. NOT_FOUND when the stream is unknown,
+        its replay is gone, or another API key opened it. It never generates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMetrics(self, request, context):
         """GetMetrics returns the aggregate metrics of this server.
         """
@@ -78,6 +93,11 @@ def add_StreamGateServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=streamgate_dot_v1_dot_streamgate__pb2.GenerateRequest.FromString,
                     response_serializer=streamgate_dot_v1_dot_streamgate__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Attach': grpc.unary_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=streamgate_dot_v1_dot_streamgate__pb2.AttachRequest.FromString,
+                    response_serializer=streamgate_dot_v1_dot_streamgate__pb2.AttachResponse.SerializeToString,
             ),
             'GetMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMetrics,
@@ -113,6 +133,33 @@ class StreamGateService:
             '/streamgate.v1.StreamGateService/Generate',
             streamgate_dot_v1_dot_streamgate__pb2.GenerateRequest.SerializeToString,
             streamgate_dot_v1_dot_streamgate__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/streamgate.v1.StreamGateService/Attach',
+            streamgate_dot_v1_dot_streamgate__pb2.AttachRequest.SerializeToString,
+            streamgate_dot_v1_dot_streamgate__pb2.AttachResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,12 @@ class StreamGateServiceStub:
     A stream that fails after it was admitted sends its final Error message
     and then ends with the matching non-OK status.
     """
+    Attach: _grpc.UnaryStreamMultiCallable[_streamgate_pb2.AttachRequest, _streamgate_pb2.AttachResponse]
+    """Attach reads a resumable stream again (one opened with resumable set):
+    its chunks after a sequence, then its live tail, up to the one final
+    message, as Generate sends them. NOT_FOUND when the stream is unknown,
+    its replay is gone, or another API key opened it. It never generates.
+    """
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_streamgate_pb2.GetMetricsRequest, _streamgate_pb2.GetMetricsResponse]
     """GetMetrics returns the aggregate metrics of this server."""
 
@@ -58,6 +64,12 @@ class StreamGateServiceAsyncStub(StreamGateServiceStub):
     concurrency limit, draining) end with a non-OK status and no message.
     A stream that fails after it was admitted sends its final Error message
     and then ends with the matching non-OK status.
+    """
+    Attach: _aio.UnaryStreamMultiCallable[_streamgate_pb2.AttachRequest, _streamgate_pb2.AttachResponse]  # type: ignore[assignment]
+    """Attach reads a resumable stream again (one opened with resumable set):
+    its chunks after a sequence, then its live tail, up to the one final
+    message, as Generate sends them. NOT_FOUND when the stream is unknown,
+    its replay is gone, or another API key opened it. It never generates.
     """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_streamgate_pb2.GetMetricsRequest, _streamgate_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """GetMetrics returns the aggregate metrics of this server."""
@@ -78,6 +90,18 @@ class StreamGateServiceServicer(metaclass=_abc_1.ABCMeta):
         concurrency limit, draining) end with a non-OK status and no message.
         A stream that fails after it was admitted sends its final Error message
         and then ends with the matching non-OK status.
+        """
+
+    @_abc_1.abstractmethod
+    def Attach(
+        self,
+        request: _streamgate_pb2.AttachRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_streamgate_pb2.AttachResponse], _abc.AsyncIterator[_streamgate_pb2.AttachResponse]]:
+        """Attach reads a resumable stream again (one opened with resumable set):
+        its chunks after a sequence, then its live tail, up to the one final
+        message, as Generate sends them. NOT_FOUND when the stream is unknown,
+        its replay is gone, or another API key opened it. It never generates.
         """
 
     @_abc_1.abstractmethod
