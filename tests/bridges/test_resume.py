@@ -158,3 +158,20 @@ async def test_grpc_attach_reads_a_resumable_stream_again(core: Any, upstream: F
     assert "".join(c.content for c in chunks) == rest[-1].completion.text
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     assert upstream.counters.started == 1
+
+
+async def test_a_resumable_stream_goes_on_through_a_new_link_when_the_link_breaks(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=TOKENS, delay=0.01)
+    async with http.post(f"{bridge.url}/query/stream", json={"query": "hi", "resumable": True}) as response:
+        first = await _events(response, stop_after=5)
+        link = bridge.state.client._link
+        assert link is not None
+        link._call.cancel()  # the link to the core breaks; the core and the stream live on
+        rest = await _events(response)
+    frames = [data for _, data in first + rest]
+    assert frames[-1]["is_final"] and "error" not in frames[-1], frames[-1]
+    assert "".join(f["content"] for f in frames[:-1]) == frames[-1]["metadata"]["final_response"]
+    assert bridge.state.client._link is not link, "a new link"
+    assert upstream.counters.started == 1

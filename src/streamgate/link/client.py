@@ -30,7 +30,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -81,10 +81,14 @@ class CoreStream:
         "_cancelled",
         "_ended",
         "_events",
+        "_last",
         "_link",
+        "_relink",
+        "_successor",
         "_waiter",
         "first_chunk",
         "request_id",
+        "resumer",
         "started",
         "stream_id",
         "text",
@@ -102,6 +106,11 @@ class CoreStream:
         self.text: list[str] = []
         self.started = time.perf_counter()
         self.first_chunk: float | None = None
+        #: For a resumable stream: attaches to it again through a new link, after a chunk index.
+        self.resumer: Callable[[int], Awaitable[CoreStream]] | None = None
+        self._relink = False  # the link broke under a resumable stream: attach again when read
+        self._successor: CoreStream | None = None  # the same stream on the new link
+        self._last = -1  # the index of the last chunk read
 
     # -- called by the link's reader --------------------------------------------------------------
 
@@ -128,8 +137,13 @@ class CoreStream:
         if not self._admitted.done():
             self._refuse(error)
             return
-        if not self._ended:
-            self._event(self.failure(LOST if error.code is ErrorCode.UNAVAILABLE else error))
+        if self._ended:
+            return
+        if self.resumer is not None and error.code is ErrorCode.UNAVAILABLE:
+            self._relink = True  # the core may be alive, the stream with it: `events()` attaches again
+            self._wake()
+            return
+        self._event(self.failure(LOST if error.code is ErrorCode.UNAVAILABLE else error))
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -154,6 +168,8 @@ class CoreStream:
         if not self._ended:
             self._link.cancel(self.stream_id)
         self._link.forget(self.stream_id)
+        if self._successor is not None:
+            self._successor.cancel()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -177,6 +193,11 @@ class CoreStream:
                 if self._cancelled:
                     raise asyncio.CancelledError
                 if not queue:
+                    if self._relink:
+                        self._relink = False
+                        async for event in self._resumed():
+                            yield event
+                        return
                     self._waiter = loop.create_future()
                     try:
                         await self._waiter
@@ -196,6 +217,7 @@ class CoreStream:
                     if self.first_chunk is None:
                         self.first_chunk = time.perf_counter()
                     self.text.append(event.content)
+                    self._last = event.index
                     yield event
                     continue
                 yield event
@@ -205,6 +227,25 @@ class CoreStream:
                 self._link.forget(self.stream_id)
             else:  # the reader stopped before the final event: the core must not go on for nobody
                 self.cancel()
+
+    async def _resumed(self) -> AsyncGenerator[Event, None]:
+        """After the link broke: the rest of this resumable stream, through a new link (or the loss)."""
+        assert self.resumer is not None
+        try:
+            successor = self._successor = await self.resumer(self._last)
+        except StreamError:  # the core is gone, and the replay with it
+            self._ended = True
+            yield self.failure(LOST)
+            return
+        logger.info("stream %s resumed through a new link after chunk %d", self.request_id, self._last)
+        async with contextlib.aclosing(successor.events()) as events:
+            async for event in events:
+                if isinstance(event, Chunk):
+                    self.text.append(event.content)
+                    self._last = event.index
+                else:
+                    self._ended = True
+                yield event
 
     def failure(self, error: StreamError) -> Failure:
         """A final event made by the bridge, with what it received so far."""
@@ -385,6 +426,8 @@ class CoreClient:
                 raise link.broken
         stream = link.open(request, authorization)
         await stream.admitted()
+        if request.resumable:
+            stream.resumer = lambda after: self.attach(stream.request_id, after, authorization)
         return stream
 
     async def attach(self, request_id: str, after: int, authorization: str | None = None) -> CoreStream:
