@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
 from collections.abc import AsyncIterator
 from importlib import resources
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,6 +25,21 @@ from .state import SHUTTING_DOWN, STATE, BridgeState
 from .ws import stream_ws
 
 logger = logging.getLogger("streamgate.bridges")
+
+
+class _MalformedHttpAtDebug(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad header, an encoding that does not decode) at ERROR,
+    with a traceback: the client's error, not ours. Those go to DEBUG, so that nobody can flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_MalformedHttpAtDebug())
 
 CORS_METHODS = "GET, POST, OPTIONS"
 CORS_HEADERS = "Content-Type, Authorization, Last-Event-ID"
@@ -71,6 +88,22 @@ async def _cors(request: web.Request, response: web.StreamResponse) -> None:
             response.headers["Access-Control-Max-Age"] = "600"
 
 
+def _literal_host(host: str) -> bool:
+    """An IP address or localhost: a name a page cannot re-point at this server (DNS rebinding).
+    A page served under a domain name is of an origin the operator lists in --cors-origins."""
+    if host.startswith("["):  # [IPv6]:port
+        name = host[1 : host.find("]")]
+    else:
+        name = host.rpartition(":")[0] if ":" in host else host
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 @web.middleware
 async def same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A stream for a browser page of this origin or of the `--cors-origins`, not of any other site.
@@ -84,7 +117,7 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
     if (
         origin is not None
         and request.path.startswith("/query/")
-        and origin != f"{request.scheme}://{request.host}"
+        and not (origin == f"{request.scheme}://{request.host}" and _literal_host(request.host))
         and origin not in request.app[STATE].config.cors_origins
     ):
         return error_response(

@@ -95,7 +95,7 @@ def event_id(stream_id: str, sequence: int) -> bytes:
 def parse_event_id(value: str) -> tuple[str, int] | None:
     """`<stream id>:<sequence>` from a `Last-Event-ID`; None when it is not one of ours."""
     stream_id, sep, sequence = value.strip().rpartition(":")
-    if not (sep and stream_id and sequence.isdigit() and len(value) <= 256):
+    if not (sep and stream_id and sequence.isascii() and sequence.isdigit() and len(value) <= 256):
         return None
     return stream_id, int(sequence)
 

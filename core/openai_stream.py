@@ -54,6 +54,17 @@ def _http_error(status: int, body: bytes) -> StreamError:
     )
 
 
+def _count(value: Any) -> int:
+    """A token count from the upstream's JSON; anything but a non-negative integer counts as none."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _usage(usage: Any) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None  # absent, or not an object: counted by the gateway instead
+    return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
 def _delta(chunk: dict[str, Any]) -> Delta:
     usage = chunk.get("usage")
     choices = chunk.get("choices")
@@ -65,7 +76,7 @@ def _delta(chunk: dict[str, Any]) -> Delta:
     return Delta(
         content=content,
         finish_reason=finish,
-        usage=Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0) if usage else None,
+        usage=_usage(usage),
         model=chunk.get("model"),
     )
 

@@ -45,11 +45,15 @@ class LiteLLMProvider:
         logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # litellm logs every call at INFO
         embedded.register(self.config.embedded_tokens_per_second)
         try:
-            home = litellm.get_llm_provider(self.config.model, api_base=self.config.api_base)[1]
+            home = litellm.get_llm_provider(self.config.model)[1]
         except Exception:
             home = None  # an unknown default model: `resolve_model` below says so
         #: The default model's provider: the operator's api_base and key are its settings, no one else's.
         self._home: str | None = home
+        if home in ("ollama", "ollama_chat") and self.config.api_base:
+            # litellm's model-info lookup for Ollama (`/api/show`) does not get the api_base: it reads
+            # OLLAMA_API_BASE, else localhost:11434. The operator's upstream is the one to ask.
+            os.environ.setdefault("OLLAMA_API_BASE", self.config.api_base)
         self._policy = ModelPolicy(
             (self.config.model, *self.config.fallback_models, *self.config.allowed_models),
             self.config.allow_any_model,
@@ -83,7 +87,9 @@ class LiteLLMProvider:
             return model
         self._policy.check_name(model)
         try:
-            name, provider, key, base = litellm.get_llm_provider(model, api_base=self.config.api_base)
+            # Without the operator's api_base: litellm would hand it back as this model's base URL,
+            # whatever the provider (the api_base is the default model's provider's, `_kwargs`).
+            name, provider, key, base = litellm.get_llm_provider(model)
         except Exception as exc:
             raise invalid(
                 f"unknown model {model!r}: name it as litellm does, with its provider, e.g. 'openai/gpt-4o-mini'"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -183,3 +184,13 @@ async def test_an_unknown_path_or_method_gets_the_json_error(bridge: BridgeServe
         assert response.status == 405
         assert "GET" in response.headers["Allow"]
         assert "DELETE is not allowed here" in (await response.json())["error"]["message"]
+
+
+async def test_a_request_aiohttp_cannot_parse_is_not_logged_at_error(
+    bridge: BridgeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    for _ in range(5):
+        status, _ = await _raw(bridge, b"GET /query/stream?query=hi HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n")
+        assert status == 400
+    assert not [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno >= logging.WARNING]

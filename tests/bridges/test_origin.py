@@ -36,3 +36,14 @@ async def test_the_pages_own_origin_and_the_allowed_ones_stream(
             while (reply := await ws.receive_json(timeout=10))["type"] == "chunk":
                 pass
             assert reply["type"] == "complete", origin
+
+
+async def test_a_page_that_re_points_its_own_name_here_is_refused(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    # DNS rebinding: evil.example resolves to 127.0.0.1, so Host and Origin agree with each other.
+    host = f"evil.example:{bridge.port}"
+    headers = {"Host": host, "Origin": f"http://{host}"}
+    async with http.post(f"{bridge.url}/query/stream", json={"query": "hi"}, headers=headers) as response:
+        assert response.status == 403
+    assert upstream.counters.started == 0

@@ -45,14 +45,20 @@ async def test_a_reconnect_after_the_final_frame_gets_204_and_generates_nothing(
     assert upstream.counters.started == started
 
 
-@pytest.mark.parametrize("last", ["chunk of a finished stream", "unknown", "not ours", ""])
+@pytest.mark.parametrize("last", ["chunk of a finished stream", "unknown", "not ours", "", "a digit not ASCII"])
 async def test_any_other_reconnect_gets_410_and_generates_nothing(
     bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream, last: str
 ) -> None:
     upstream.default = Scenario(tokens=4)
     _, ids = await _stream_ids(http, bridge)
     started = upstream.counters.started
-    header = {"chunk of a finished stream": ids[1], "unknown": "feedbeef:3", "not ours": "42", "": ""}[last]
+    header = {
+        "chunk of a finished stream": ids[1],
+        "unknown": "feedbeef:3",
+        "not ours": "42",
+        "": "",
+        "a digit not ASCII": "a:\u00b2",  # isdigit() says yes, int() says no: was a 500
+    }[last]
 
     for method in ("GET", "POST"):
         async with http.request(

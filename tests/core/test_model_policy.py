@@ -232,3 +232,15 @@ def test_the_operators_upstream_key_goes_to_its_own_provider_only(upstream: Fake
 
     assert (home["api_base"], home["api_key"]) == (upstream.api_base, "operator-key")
     assert "api_key" not in away and "api_base" not in away  # Anthropic's own settings (ANTHROPIC_API_KEY)
+
+
+def test_another_providers_model_does_not_go_to_the_operators_api_base(upstream: FakeUpstream) -> None:
+    # The second rerun: with --model lm_studio/... and --api-base, `openai/x` went to that api_base
+    # (with OPENAI_API_KEY): litellm handed the api_base back as every model's base URL.
+    provider = LiteLLMProvider(
+        LiteLLMConfig(model="hosted_vllm/evil", api_base=upstream.api_base, api_key="k", allow_any_model=True)
+    )
+    provider.resolve_model("openai/x")
+    _, _, base = provider._lean["openai/x"]
+    assert base != upstream.api_base
+    provider.resolve_model("hosted_vllm/other")  # the operator's provider: its api_base, in _stream_lean

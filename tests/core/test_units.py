@@ -66,3 +66,12 @@ def test_tokens_per_second_counts_from_the_first_token() -> None:
     assert metrics.ttft_ms == pytest.approx(500, abs=50)
     assert metrics.tokens_per_second == pytest.approx(20, rel=0.1)
     assert metrics.chunks == 1
+
+
+def test_an_upstream_usage_of_the_wrong_type_counts_as_none() -> None:
+    # The second rerun: a string prompt_tokens crashed the lean path with a TypeError (INTERNAL).
+    from streamgate.core.openai_stream import _delta
+
+    delta = _delta({"choices": [], "usage": {"prompt_tokens": "12", "completion_tokens": -3}})
+    assert delta.usage is not None and (delta.usage.prompt_tokens, delta.usage.completion_tokens) == (0, 0)
+    assert _delta({"choices": [], "usage": "lots"}).usage is None
