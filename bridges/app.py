@@ -91,10 +91,8 @@ async def _cors(request: web.Request, response: web.StreamResponse) -> None:
 def _literal_host(host: str) -> bool:
     """An IP address or localhost: a name a page cannot re-point at this server (DNS rebinding).
     A page served under a domain name is of an origin the operator lists in --cors-origins."""
-    if host.startswith("["):  # [IPv6]:port
-        name = host[1 : host.find("]")]
-    else:
-        name = host.rpartition(":")[0] if ":" in host else host
+    bracketed = host.startswith("[")  # [IPv6]:port
+    name = host[1 : host.find("]")] if bracketed else host.rpartition(":")[0] if ":" in host else host
     if name == "localhost":
         return True
     try:

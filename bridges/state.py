@@ -132,7 +132,7 @@ class OpenStream:
 
     def end(self, error: StreamError) -> None:
         self.ending = error
-        self.core.cancel()
+        self.core.cancel(stop=True)  # a resumable stream too: it is stopped, not left
 
     def ended_by_us(self) -> StreamError | None:
         """The reason, when the stream was stopped by `end()` and not by cancelling this task."""

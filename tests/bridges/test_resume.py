@@ -64,12 +64,16 @@ async def test_a_dropped_resumable_stream_is_finished_from_its_replay(
     assert upstream.counters.started == 1
 
 
-async def test_drop_and_resume_at_random_frames(
+DROPS = 200
+
+
+async def test_drop_and_resume_at_random_frames_200_times(
     bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
 ) -> None:
     upstream.default = Scenario(tokens=TOKENS, delay=0.002)
     rng = random.Random(14)
-    for _ in range(20):
+
+    async def one() -> None:
         async with http.post(f"{bridge.url}/query/stream", json={"query": "hi", "resumable": True}) as response:
             frames = await _events(response, stop_after=rng.randint(1, TOKENS))
         while not frames[-1][1]["is_final"]:
@@ -81,7 +85,41 @@ async def test_drop_and_resume_at_random_frames(
         data = [d for _, d in frames]
         assert sum(d["is_final"] for d in data) == 1
         assert "".join(d["content"] for d in data[:-1]) == data[-1]["metadata"]["final_response"]
-    assert upstream.counters.started == 20
+        assert [i for i, _ in frames] == [f"{frames[0][0].rpartition(':')[0]}:{n}" for n in range(TOKENS + 1)]
+
+    for _ in range(DROPS // 10):  # ten at a time, each dropped at least once at a random frame
+        await asyncio.gather(*(one() for _ in range(10)))
+    assert upstream.counters.started == DROPS, "exactly one upstream request per stream"
+
+
+async def test_websocket_drop_and_resume_at_random_frames_200_times(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=TOKENS, delay=0.002)
+    rng = random.Random(15)
+
+    async def one() -> None:
+        messages: list[dict[str, Any]] = []
+        first: dict[str, Any] = {"query": "hi", "resumable": True}
+        while not messages or messages[-1]["type"] == "chunk":
+            async with http.ws_connect(f"{bridge.url}/query/ws") as ws:
+                last = messages[-1] if messages else None
+                await ws.send_json(first if last is None else {"type": "resume", **_at(last)})
+                for _ in range(rng.randint(1, TOKENS)):
+                    messages.append(await ws.receive_json(timeout=10))
+                    if messages[-1]["type"] != "chunk":
+                        break
+        assert [m["seq"] for m in messages] == list(range(TOKENS + 1))
+        assert messages[-1]["type"] == "complete"
+        assert "".join(m["content"] for m in messages[:-1]) == messages[-1]["metadata"]["final_response"]
+
+    for _ in range(DROPS // 10):
+        await asyncio.gather(*(one() for _ in range(10)))
+    assert upstream.counters.started == DROPS
+
+
+def _at(message: dict[str, Any]) -> dict[str, Any]:
+    return {"stream_id": message["stream_id"], "after": message["seq"]}
 
 
 async def test_a_resumable_stream_nobody_comes_back_to_ends_cancelled_after_the_grace(
@@ -175,3 +213,54 @@ async def test_a_resumable_stream_goes_on_through_a_new_link_when_the_link_break
     assert "".join(f["content"] for f in frames[:-1]) == frames[-1]["metadata"]["final_response"]
     assert bridge.state.client._link is not link, "a new link"
     assert upstream.counters.started == 1
+
+
+async def test_grpc_drop_and_attach_at_random_chunks_200_times(core: Any, upstream: FakeUpstream) -> None:
+    import grpc
+
+    from streamgate.v1 import streamgate_pb2 as pb
+    from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
+
+    upstream.default = Scenario(tokens=TOKENS, delay=0.002)
+    rng = random.Random(16)
+    async with grpc.aio.insecure_channel(core.address) as channel:
+        stub = pb_grpc.StreamGateServiceStub(channel)
+
+        async def one() -> None:
+            call: Any = stub.Generate(pb.GenerateRequest(query="hi", resumable=True))
+            request_id = dict(await call.initial_metadata())["x-request-id"]
+            events: list[pb.GenerateResponse] = []
+            while True:
+                for _ in range(rng.randint(1, TOKENS)):
+                    message = await call.read()
+                    if message is grpc.aio.EOF:
+                        break
+                    events.append(message.event if isinstance(message, pb.AttachResponse) else message)
+                    if not events[-1].HasField("chunk"):
+                        break
+                call.cancel()
+                if events and not events[-1].HasField("chunk"):
+                    break
+                after = events[-1].chunk.index if events else -1
+                call = stub.Attach(pb.AttachRequest(request_id=request_id, after=after))
+            chunks = [e.chunk for e in events[:-1]]
+            assert [c.index for c in chunks] == list(range(TOKENS))
+            assert "".join(c.content for c in chunks) == events[-1].completion.text
+
+        for _ in range(DROPS // 10):
+            await asyncio.gather(*(one() for _ in range(10)))
+    assert upstream.counters.started == DROPS
+
+
+async def test_a_websocket_cancel_stops_a_resumable_stream_not_only_its_reading(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=1000, delay=0.01)
+    async with http.ws_connect(f"{bridge.url}/query/ws") as ws:
+        await ws.send_json({"query": "hi", "resumable": True})
+        await ws.receive_json(timeout=10)
+        await ws.send_json({"type": "cancel"})
+        while (reply := await ws.receive_json(timeout=10))["type"] == "chunk":
+            pass
+    assert reply["metadata"]["finish_reason"] == "cancelled"
+    await eventually(lambda: upstream.counters.active == 0, within=1.0)  # not after the 10 s grace

@@ -159,17 +159,18 @@ class CoreStream:
             self.cancel()
             raise
 
-    def cancel(self) -> None:
+    def cancel(self, stop: bool = False) -> None:
+        """Stop reading the stream; `stop`: stop the stream itself, resumable or not (a client's cancel)."""
         if self._cancelled:
             return
         self._cancelled = True
         if not self._admitted.done():
             self._admitted.cancel()
         if not self._ended:
-            self._link.cancel(self.stream_id)
+            self._link.cancel(self.stream_id, stop)
         self._link.forget(self.stream_id)
         if self._successor is not None:
-            self._successor.cancel()
+            self._successor.cancel(stop)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -297,9 +298,9 @@ class _Link:
         self._send(command)
         return stream
 
-    def cancel(self, stream_id: int) -> None:
+    def cancel(self, stream_id: int, stop: bool = False) -> None:
         if self.broken is None:
-            self._send(link_pb.RelayCommand(stream_id=stream_id, cancel=link_pb.RelayCancel()))
+            self._send(link_pb.RelayCommand(stream_id=stream_id, cancel=link_pb.RelayCancel(stop=stop)))
 
     def forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)

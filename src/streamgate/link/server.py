@@ -43,6 +43,7 @@ import grpc
 from streamgate.contract import GRPC_STATUS, error_to_proto, event_to_proto, invalid, request_from_proto
 from streamgate.core import Chunk, ErrorCode, Event, Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
+from streamgate.core.replay import Replay
 from streamgate.link.v1 import link_pb2 as link_pb
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
@@ -212,6 +213,8 @@ class RelaySession:
         self._context = context
         self._outbox = _Outbox(merge=gateway.config.coalesce)
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        #: The resumable streams read on this call, by stream id: a cancel with `stop` ends them.
+        self._replays: dict[int, Replay] = {}
         self._handler: asyncio.Task[object] | None = None
         self._reading = False  # waiting for commands (or for room to read them): where `close()` may interrupt
         self._closing = False
@@ -293,6 +296,9 @@ class RelaySession:
             task = self._tasks.get(stream_id)
             if task is not None:
                 task.cancel()
+            replay = self._replays.pop(stream_id, None)
+            if command.cancel.stop and replay is not None and replay.stream is not None:
+                replay.stream.abort(StreamError(ErrorCode.CANCELLED, "cancelled by the client"))
             return False
         if kind not in ("open", "attach"):
             raise invalid(f"stream {stream_id}: a command with neither open, attach nor cancel")
@@ -306,17 +312,21 @@ class RelaySession:
     def _forget(self, stream_id: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(stream_id) is task:  # not a later stream that reused the id
             del self._tasks[stream_id]
+            self._replays.pop(stream_id, None)
 
-    def _events(self, command: link_pb.RelayOpen | link_pb.RelayAttach) -> tuple[str, AsyncIterator[Event]]:
+    def _events(
+        self, stream_id: int, command: link_pb.RelayOpen | link_pb.RelayAttach
+    ) -> tuple[str, AsyncIterator[Event]]:
         """The stream a command asks for, admitted (or attached to): its request id and its events."""
         gateway = self._gateway
         principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
         if isinstance(command, link_pb.RelayAttach):
-            replay = gateway.replays.find(command.request_id, principal)
+            replay = self._replays[stream_id] = gateway.replays.find(command.request_id, principal)
             return replay.stream_id, replay.read(command.after)
         request = request_from_proto(command.request, principal)
         if request.resumable:
-            return request.request_id, gateway.open_resumable(request).read()
+            replay = self._replays[stream_id] = gateway.open_resumable(request)
+            return request.request_id, replay.read()
         stream = gateway.open(request)
         return stream.request.request_id, stream
 
@@ -327,7 +337,7 @@ class RelaySession:
         ended = False
         try:
             try:
-                request_id, stream = self._events(command)
+                request_id, stream = self._events(stream_id, command)
             except StreamError as error:
                 outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
                 return

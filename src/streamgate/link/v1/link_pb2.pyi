@@ -142,17 +142,23 @@ Global___RelayOpen: _TypeAlias = RelayOpen  # noqa: Y015
 @_typing.final
 class RelayCancel(_message.Message):
     """RelayCancel stops a stream: the core closes its upstream request and
-    sends nothing more for it than the frames already on their way.
+    sends nothing more for it than the frames already on their way. For a
+    resumable stream it stops only this reading of it (its client left and
+    may come back), unless stop is set (the client asked to stop it).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    STOP_FIELD_NUMBER: _builtins.int
+    stop: _builtins.bool
     def __init__(
         self,
+        *,
+        stop: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
