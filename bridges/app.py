@@ -20,7 +20,7 @@ from streamgate.link.client import CoreClient
 
 from .config import BridgeConfig
 from .errors import error_response
-from .sse import resume_sse, stream_sse
+from .sse import resume_sse, stop_stream, stream_sse
 from .state import SHUTTING_DOWN, STATE, BridgeState
 from .ws import stream_ws
 
@@ -41,7 +41,7 @@ class _MalformedHttpAtDebug(logging.Filter):
 
 logging.getLogger("aiohttp.server").addFilter(_MalformedHttpAtDebug())
 
-CORS_METHODS = "GET, POST, OPTIONS"
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_HEADERS = "Content-Type, Authorization, Last-Event-ID"
 
 
@@ -157,6 +157,7 @@ def create_app(config: BridgeConfig) -> web.Application:
     app.router.add_post("/query/stream", stream_sse)
     app.router.add_get("/query/stream", stream_sse)
     app.router.add_get("/query/stream/{stream_id}", resume_sse)
+    app.router.add_delete("/query/stream/{stream_id}", stop_stream)
     app.router.add_route("OPTIONS", "/query/stream", preflight)
     app.router.add_get("/query/ws", stream_ws)
     app.router.add_get("/healthz", healthz)

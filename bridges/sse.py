@@ -162,6 +162,18 @@ async def resume_sse(request: web.Request) -> web.StreamResponse:
     return await _resume(request, request.match_info["stream_id"], after)
 
 
+async def stop_stream(request: web.Request) -> web.Response:
+    """`DELETE /query/stream/{stream_id}`: stop a resumable stream (its upstream closes now, not
+    after the grace); 204, or 404 when there is no such stream for these credentials."""
+    state = request.app[STATE]
+    try:
+        core = await state.client.attach(request.match_info["stream_id"], 2**62, request.headers.get("Authorization"))
+    except StreamError as error:
+        return error_response(error)
+    core.cancel(stop=True)
+    return web.Response(status=204)
+
+
 async def _resume(request: web.Request, stream_id: str, after: int) -> web.StreamResponse:
     """The frames of stream `stream_id` past `after`: 204 when its final frame was delivered and
     nothing is left, 410 when it cannot be resumed; never a new generation."""

@@ -264,3 +264,17 @@ async def test_a_websocket_cancel_stops_a_resumable_stream_not_only_its_reading(
             pass
     assert reply["metadata"]["finish_reason"] == "cancelled"
     await eventually(lambda: upstream.counters.active == 0, within=1.0)  # not after the 10 s grace
+
+
+async def test_delete_stops_a_resumable_stream_nobody_reads(
+    bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=1000, delay=0.01)
+    async with http.post(f"{bridge.url}/query/stream", json={"query": "hi", "resumable": True}) as response:
+        first = await _events(response, stop_after=2)
+    stream_id = first[-1][0].rpartition(":")[0]
+    async with http.delete(f"{bridge.url}/query/stream/{stream_id}") as response:
+        assert response.status == 204
+    await eventually(lambda: upstream.counters.active == 0, within=1.0)  # not after the 10 s grace
+    async with http.delete(f"{bridge.url}/query/stream/no-such-stream") as response:
+        assert response.status == 404

@@ -54,3 +54,26 @@ async def test_the_page_shows_a_failed_stream(bridge: BridgeServer, upstream: Fa
     assert await page.text_content("#output") == "".join(token(i) for i in range(3))
     assert await page.text_content("#error")
     assert await page.text_content("#m-finish") == "UNAVAILABLE"
+
+
+async def test_the_page_survives_a_dropped_connection_and_finishes_the_answer(
+    bridge: BridgeServer, upstream: FakeUpstream, page: Page
+) -> None:
+    from tests.browser.test_eventsource import CuttingProxy
+
+    upstream.default = Scenario(tokens=40, delay=0.03)
+    expected = "".join(token(i) for i in range(40))
+    proxy = CuttingProxy(bridge.port, cut_after_events=8)
+    await proxy.start()
+    try:
+        await page.goto(f"http://127.0.0.1:{proxy.port}/")
+        await page.fill("#prompt", "Tell me about streaming")
+        await page.click("label:has(input[value=sse])")
+        await page.click("#send")
+        await page.wait_for_function(
+            "(expected) => document.querySelector('#output').textContent === expected", arg=expected, timeout=15_000
+        )
+    finally:
+        await proxy.close()
+    assert proxy.cuts == 1
+    assert upstream.counters.started == 1, "the answer was finished, not asked again"
