@@ -279,20 +279,17 @@ class _Link:
         self._writer = asyncio.create_task(self._write())
 
     def open(self, request: pb.GenerateRequest, authorization: str | None) -> CoreStream:
-        # The command first: whatever fails in building it must not leave a stream behind.
-        stream_id = next(self._ids)
-        command = link_pb.RelayCommand(stream_id=stream_id, open=link_pb.RelayOpen(request=request))
-        if authorization:
-            command.open.authorization = authorization
-        stream = CoreStream(self, stream_id)
-        self._streams[stream_id] = stream
-        self._send(command)
-        return stream
+        return self._start(link_pb.RelayCommand(open=link_pb.RelayOpen(request=request)), authorization, "open")
 
     def attach(self, request_id: str, after: int, authorization: str | None) -> CoreStream:
-        stream_id = next(self._ids)
-        attach = link_pb.RelayAttach(request_id=request_id, after=after, authorization=authorization or "")
-        command = link_pb.RelayCommand(stream_id=stream_id, attach=attach)
+        command = link_pb.RelayCommand(attach=link_pb.RelayAttach(request_id=request_id, after=after))
+        return self._start(command, authorization, "attach")
+
+    def _start(self, command: link_pb.RelayCommand, authorization: str | None, kind: str) -> CoreStream:
+        # The command first: whatever fails in building it must not leave a stream behind.
+        command.stream_id = stream_id = next(self._ids)
+        if authorization:
+            getattr(command, kind).authorization = authorization
         stream = CoreStream(self, stream_id)
         self._streams[stream_id] = stream
         self._send(command)
@@ -415,6 +412,25 @@ class CoreClient:
 
         `authorization` (the client's `Authorization` header) is passed on for the core to check.
         """
+        link = await self._ready_link(authorization)
+        stream = link.open(request, authorization)
+        await stream.admitted()
+        if request.resumable:
+            stream.resumer = lambda after: self.attach(stream.request_id, after, authorization)
+        return stream
+
+    async def attach(self, request_id: str, after: int, authorization: str | None = None) -> CoreStream:
+        """Read a resumable stream again: its chunks past sequence `after`, then its live tail; raises
+        `StreamError` (NOT_FOUND when the core has no replay of it for these credentials)."""
+        if not (request_id.isascii() and request_id.isprintable() and len(request_id) <= MAX_REQUEST_ID):
+            raise StreamError(ErrorCode.NOT_FOUND, "no such stream")
+        link = await self._ready_link(authorization)
+        stream = link.attach(request_id, after, authorization)
+        await stream.admitted()
+        return stream
+
+    async def _ready_link(self, authorization: str | None) -> _Link:
+        """The link, opened again if it broke, with room for one more command."""
         if authorization is not None and not (authorization.isascii() and authorization.isprintable()):
             # A header that is not ASCII (aiohttp hands its bytes on as surrogates) cannot be a key.
             raise StreamError(ErrorCode.UNAUTHENTICATED, "the credentials must be printable ASCII")
@@ -425,25 +441,7 @@ class CoreClient:
             await link.room()
             if link.broken is not None:
                 raise link.broken
-        stream = link.open(request, authorization)
-        await stream.admitted()
-        if request.resumable:
-            stream.resumer = lambda after: self.attach(stream.request_id, after, authorization)
-        return stream
-
-    async def attach(self, request_id: str, after: int, authorization: str | None = None) -> CoreStream:
-        """Read a resumable stream again: its chunks past sequence `after`, then its live tail; raises
-        `StreamError` (NOT_FOUND when the core has no replay of it for these credentials)."""
-        if authorization is not None and not (authorization.isascii() and authorization.isprintable()):
-            raise StreamError(ErrorCode.UNAUTHENTICATED, "the credentials must be printable ASCII")
-        if not (request_id.isascii() and request_id.isprintable() and len(request_id) <= MAX_REQUEST_ID):
-            raise StreamError(ErrorCode.NOT_FOUND, "no such stream")
-        link = self._link
-        if link is None or link.broken is not None:
-            link = self._link = _Link(self._stub, self._coalesce, self._link_token)
-        stream = link.attach(request_id, after, authorization)
-        await stream.admitted()
-        return stream
+        return link
 
     async def ready(self, timeout: float = 1.0) -> bool:
         """Whether the core answers its health check with SERVING."""
