@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streamgate.contract import ErrorCode, StreamError
 from streamgate.link.client import CoreClient
 
+from . import openai_api
 from .config import BridgeConfig
 from .errors import error_response
 from .sse import resume_sse, stop_stream, stream_sse
@@ -130,14 +131,15 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A path or a method the bridge does not serve is answered in the JSON error shape, like the rest."""
+    answer = openai_api.error_response if request.path.startswith("/v1/") else error_response
     try:
         return await handler(request)
     except web.HTTPNotFound:
-        return error_response(StreamError(ErrorCode.NOT_FOUND, f"no such endpoint: {request.path}"))
+        return answer(StreamError(ErrorCode.NOT_FOUND, f"no such endpoint: {request.path}"))
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
         error = StreamError(ErrorCode.INVALID_ARGUMENT, f"{request.method} is not allowed here; allowed: {allowed}")
-        response = error_response(error, status=405)
+        response = answer(error, status=405)
         response.headers["Allow"] = allowed
         return response
 
@@ -160,6 +162,9 @@ def create_app(config: BridgeConfig) -> web.Application:
     app.router.add_delete("/query/stream/{stream_id}", stop_stream)
     app.router.add_route("OPTIONS", "/query/stream", preflight)
     app.router.add_get("/query/ws", stream_ws)
+    app.router.add_post("/v1/chat/completions", openai_api.chat_completions)
+    app.router.add_get("/v1/models", openai_api.list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", openai_api.list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

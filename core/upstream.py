@@ -50,6 +50,11 @@ class Provider(Protocol):
 
     def count_tokens(self, model: str, text: str) -> int: ...
 
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        """The models a client may name, the default first."""
+        ...
+
     async def warm_up(self) -> None: ...
 
     async def close(self) -> None:

@@ -362,6 +362,97 @@ func (x *GenerateRequest) GetResumable() bool {
 	return false
 }
 
+// ListModelsRequest asks for the models a client may name.
+type ListModelsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListModelsRequest) Reset() {
+	*x = ListModelsRequest{}
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListModelsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListModelsRequest) ProtoMessage() {}
+
+func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
+func (*ListModelsRequest) Descriptor() ([]byte, []int) {
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{3}
+}
+
+// ListModelsResponse lists them, the default first.
+type ListModelsResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Models []string               `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
+	// Other models of the hosted providers may be named too (--allow-any-model).
+	AnyModel      bool `protobuf:"varint,2,opt,name=any_model,json=anyModel,proto3" json:"any_model,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListModelsResponse) Reset() {
+	*x = ListModelsResponse{}
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListModelsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListModelsResponse) ProtoMessage() {}
+
+func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
+func (*ListModelsResponse) Descriptor() ([]byte, []int) {
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListModelsResponse) GetModels() []string {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *ListModelsResponse) GetAnyModel() bool {
+	if x != nil {
+		return x.AnyModel
+	}
+	return false
+}
+
 // AttachRequest names a resumable stream and where to read it from.
 type AttachRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -375,7 +466,7 @@ type AttachRequest struct {
 
 func (x *AttachRequest) Reset() {
 	*x = AttachRequest{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[3]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +478,7 @@ func (x *AttachRequest) String() string {
 func (*AttachRequest) ProtoMessage() {}
 
 func (x *AttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[3]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +491,7 @@ func (x *AttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
 func (*AttachRequest) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{3}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AttachRequest) GetRequestId() string {
@@ -427,7 +518,7 @@ type AttachResponse struct {
 
 func (x *AttachResponse) Reset() {
 	*x = AttachResponse{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[4]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +530,7 @@ func (x *AttachResponse) String() string {
 func (*AttachResponse) ProtoMessage() {}
 
 func (x *AttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[4]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +543,7 @@ func (x *AttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
 func (*AttachResponse) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{4}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AttachResponse) GetEvent() *GenerateResponse {
@@ -477,7 +568,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[5]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +580,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[5]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +593,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{5}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GenerateResponse) GetEvent() isGenerateResponse_Event {
@@ -573,7 +664,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[6]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +676,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[6]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +689,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{6}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Chunk) GetContent() string {
@@ -626,7 +717,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[7]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +729,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[7]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +742,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{7}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -690,7 +781,7 @@ type StreamMetrics struct {
 
 func (x *StreamMetrics) Reset() {
 	*x = StreamMetrics{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[8]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +793,7 @@ func (x *StreamMetrics) String() string {
 func (*StreamMetrics) ProtoMessage() {}
 
 func (x *StreamMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[8]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +806,7 @@ func (x *StreamMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamMetrics.ProtoReflect.Descriptor instead.
 func (*StreamMetrics) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{8}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StreamMetrics) GetTtftMs() float64 {
@@ -768,7 +859,7 @@ type Completion struct {
 
 func (x *Completion) Reset() {
 	*x = Completion{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[9]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +871,7 @@ func (x *Completion) String() string {
 func (*Completion) ProtoMessage() {}
 
 func (x *Completion) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[9]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +884,7 @@ func (x *Completion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Completion.ProtoReflect.Descriptor instead.
 func (*Completion) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{9}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Completion) GetText() string {
@@ -873,7 +964,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[10]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +976,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[10]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +989,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{10}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -972,7 +1063,7 @@ type GetMetricsRequest struct {
 
 func (x *GetMetricsRequest) Reset() {
 	*x = GetMetricsRequest{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[11]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1075,7 @@ func (x *GetMetricsRequest) String() string {
 func (*GetMetricsRequest) ProtoMessage() {}
 
 func (x *GetMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[11]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1088,7 @@ func (x *GetMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{11}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{13}
 }
 
 // OutcomeCount counts finished streams by model and outcome.
@@ -1013,7 +1104,7 @@ type OutcomeCount struct {
 
 func (x *OutcomeCount) Reset() {
 	*x = OutcomeCount{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1025,7 +1116,7 @@ func (x *OutcomeCount) String() string {
 func (*OutcomeCount) ProtoMessage() {}
 
 func (x *OutcomeCount) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1038,7 +1129,7 @@ func (x *OutcomeCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeCount.ProtoReflect.Descriptor instead.
 func (*OutcomeCount) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{12}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *OutcomeCount) GetModel() string {
@@ -1082,7 +1173,7 @@ type GetMetricsResponse struct {
 
 func (x *GetMetricsResponse) Reset() {
 	*x = GetMetricsResponse{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1094,7 +1185,7 @@ func (x *GetMetricsResponse) String() string {
 func (*GetMetricsResponse) ProtoMessage() {}
 
 func (x *GetMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1107,7 +1198,7 @@ func (x *GetMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{13}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetMetricsResponse) GetActiveStreams() uint32 {
@@ -1222,7 +1313,11 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x123\n" +
 	"\atimeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1c\n" +
-	"\tresumable\x18\a \x01(\bR\tresumable\"D\n" +
+	"\tresumable\x18\a \x01(\bR\tresumable\"\x13\n" +
+	"\x11ListModelsRequest\"I\n" +
+	"\x12ListModelsResponse\x12\x16\n" +
+	"\x06models\x18\x01 \x03(\tR\x06models\x12\x1b\n" +
+	"\tany_model\x18\x02 \x01(\bR\banyModel\"D\n" +
 	"\rAttachRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -1301,10 +1396,12 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\x06\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\a\x12\x18\n" +
 	"\x14ERROR_CODE_NOT_FOUND\x10\b\x12 \n" +
-	"\x1cERROR_CODE_PERMISSION_DENIED\x10\t2\xfe\x01\n" +
+	"\x1cERROR_CODE_PERMISSION_DENIED\x10\t2\xd1\x02\n" +
 	"\x11StreamGateService\x12M\n" +
 	"\bGenerate\x12\x1e.streamgate.v1.GenerateRequest\x1a\x1f.streamgate.v1.GenerateResponse0\x01\x12G\n" +
 	"\x06Attach\x12\x1c.streamgate.v1.AttachRequest\x1a\x1d.streamgate.v1.AttachResponse0\x01\x12Q\n" +
+	"\n" +
+	"ListModels\x12 .streamgate.v1.ListModelsRequest\x1a!.streamgate.v1.ListModelsResponse\x12Q\n" +
 	"\n" +
 	"GetMetrics\x12 .streamgate.v1.GetMetricsRequest\x1a!.streamgate.v1.GetMetricsResponseBm\n" +
 	"\x11dev.streamgate.v1B\x0fStreamgateProtoP\x01ZEgithub.com/streamgate/streamgate/clients/go/streamgatev1;streamgatev1b\x06proto3"
@@ -1322,47 +1419,51 @@ func file_streamgate_v1_streamgate_proto_rawDescGZIP() []byte {
 }
 
 var file_streamgate_v1_streamgate_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_streamgate_v1_streamgate_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_streamgate_v1_streamgate_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_streamgate_v1_streamgate_proto_goTypes = []any{
 	(ErrorCode)(0),               // 0: streamgate.v1.ErrorCode
 	(*ChatMessage)(nil),          // 1: streamgate.v1.ChatMessage
 	(*GenerationParameters)(nil), // 2: streamgate.v1.GenerationParameters
 	(*GenerateRequest)(nil),      // 3: streamgate.v1.GenerateRequest
-	(*AttachRequest)(nil),        // 4: streamgate.v1.AttachRequest
-	(*AttachResponse)(nil),       // 5: streamgate.v1.AttachResponse
-	(*GenerateResponse)(nil),     // 6: streamgate.v1.GenerateResponse
-	(*Chunk)(nil),                // 7: streamgate.v1.Chunk
-	(*Usage)(nil),                // 8: streamgate.v1.Usage
-	(*StreamMetrics)(nil),        // 9: streamgate.v1.StreamMetrics
-	(*Completion)(nil),           // 10: streamgate.v1.Completion
-	(*Error)(nil),                // 11: streamgate.v1.Error
-	(*GetMetricsRequest)(nil),    // 12: streamgate.v1.GetMetricsRequest
-	(*OutcomeCount)(nil),         // 13: streamgate.v1.OutcomeCount
-	(*GetMetricsResponse)(nil),   // 14: streamgate.v1.GetMetricsResponse
-	(*durationpb.Duration)(nil),  // 15: google.protobuf.Duration
+	(*ListModelsRequest)(nil),    // 4: streamgate.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),   // 5: streamgate.v1.ListModelsResponse
+	(*AttachRequest)(nil),        // 6: streamgate.v1.AttachRequest
+	(*AttachResponse)(nil),       // 7: streamgate.v1.AttachResponse
+	(*GenerateResponse)(nil),     // 8: streamgate.v1.GenerateResponse
+	(*Chunk)(nil),                // 9: streamgate.v1.Chunk
+	(*Usage)(nil),                // 10: streamgate.v1.Usage
+	(*StreamMetrics)(nil),        // 11: streamgate.v1.StreamMetrics
+	(*Completion)(nil),           // 12: streamgate.v1.Completion
+	(*Error)(nil),                // 13: streamgate.v1.Error
+	(*GetMetricsRequest)(nil),    // 14: streamgate.v1.GetMetricsRequest
+	(*OutcomeCount)(nil),         // 15: streamgate.v1.OutcomeCount
+	(*GetMetricsResponse)(nil),   // 16: streamgate.v1.GetMetricsResponse
+	(*durationpb.Duration)(nil),  // 17: google.protobuf.Duration
 }
 var file_streamgate_v1_streamgate_proto_depIdxs = []int32{
 	1,  // 0: streamgate.v1.GenerateRequest.messages:type_name -> streamgate.v1.ChatMessage
 	2,  // 1: streamgate.v1.GenerateRequest.parameters:type_name -> streamgate.v1.GenerationParameters
-	15, // 2: streamgate.v1.GenerateRequest.timeout:type_name -> google.protobuf.Duration
-	6,  // 3: streamgate.v1.AttachResponse.event:type_name -> streamgate.v1.GenerateResponse
-	7,  // 4: streamgate.v1.GenerateResponse.chunk:type_name -> streamgate.v1.Chunk
-	10, // 5: streamgate.v1.GenerateResponse.completion:type_name -> streamgate.v1.Completion
-	11, // 6: streamgate.v1.GenerateResponse.error:type_name -> streamgate.v1.Error
-	8,  // 7: streamgate.v1.Completion.usage:type_name -> streamgate.v1.Usage
-	9,  // 8: streamgate.v1.Completion.metrics:type_name -> streamgate.v1.StreamMetrics
+	17, // 2: streamgate.v1.GenerateRequest.timeout:type_name -> google.protobuf.Duration
+	8,  // 3: streamgate.v1.AttachResponse.event:type_name -> streamgate.v1.GenerateResponse
+	9,  // 4: streamgate.v1.GenerateResponse.chunk:type_name -> streamgate.v1.Chunk
+	12, // 5: streamgate.v1.GenerateResponse.completion:type_name -> streamgate.v1.Completion
+	13, // 6: streamgate.v1.GenerateResponse.error:type_name -> streamgate.v1.Error
+	10, // 7: streamgate.v1.Completion.usage:type_name -> streamgate.v1.Usage
+	11, // 8: streamgate.v1.Completion.metrics:type_name -> streamgate.v1.StreamMetrics
 	0,  // 9: streamgate.v1.Error.code:type_name -> streamgate.v1.ErrorCode
-	8,  // 10: streamgate.v1.Error.usage:type_name -> streamgate.v1.Usage
-	9,  // 11: streamgate.v1.Error.metrics:type_name -> streamgate.v1.StreamMetrics
-	13, // 12: streamgate.v1.GetMetricsResponse.outcomes:type_name -> streamgate.v1.OutcomeCount
+	10, // 10: streamgate.v1.Error.usage:type_name -> streamgate.v1.Usage
+	11, // 11: streamgate.v1.Error.metrics:type_name -> streamgate.v1.StreamMetrics
+	15, // 12: streamgate.v1.GetMetricsResponse.outcomes:type_name -> streamgate.v1.OutcomeCount
 	3,  // 13: streamgate.v1.StreamGateService.Generate:input_type -> streamgate.v1.GenerateRequest
-	4,  // 14: streamgate.v1.StreamGateService.Attach:input_type -> streamgate.v1.AttachRequest
-	12, // 15: streamgate.v1.StreamGateService.GetMetrics:input_type -> streamgate.v1.GetMetricsRequest
-	6,  // 16: streamgate.v1.StreamGateService.Generate:output_type -> streamgate.v1.GenerateResponse
-	5,  // 17: streamgate.v1.StreamGateService.Attach:output_type -> streamgate.v1.AttachResponse
-	14, // 18: streamgate.v1.StreamGateService.GetMetrics:output_type -> streamgate.v1.GetMetricsResponse
-	16, // [16:19] is the sub-list for method output_type
-	13, // [13:16] is the sub-list for method input_type
+	6,  // 14: streamgate.v1.StreamGateService.Attach:input_type -> streamgate.v1.AttachRequest
+	4,  // 15: streamgate.v1.StreamGateService.ListModels:input_type -> streamgate.v1.ListModelsRequest
+	14, // 16: streamgate.v1.StreamGateService.GetMetrics:input_type -> streamgate.v1.GetMetricsRequest
+	8,  // 17: streamgate.v1.StreamGateService.Generate:output_type -> streamgate.v1.GenerateResponse
+	7,  // 18: streamgate.v1.StreamGateService.Attach:output_type -> streamgate.v1.AttachResponse
+	5,  // 19: streamgate.v1.StreamGateService.ListModels:output_type -> streamgate.v1.ListModelsResponse
+	16, // 20: streamgate.v1.StreamGateService.GetMetrics:output_type -> streamgate.v1.GetMetricsResponse
+	17, // [17:21] is the sub-list for method output_type
+	13, // [13:17] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1374,20 +1475,20 @@ func file_streamgate_v1_streamgate_proto_init() {
 		return
 	}
 	file_streamgate_v1_streamgate_proto_msgTypes[1].OneofWrappers = []any{}
-	file_streamgate_v1_streamgate_proto_msgTypes[5].OneofWrappers = []any{
+	file_streamgate_v1_streamgate_proto_msgTypes[7].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Completion)(nil),
 		(*GenerateResponse_Error)(nil),
 	}
-	file_streamgate_v1_streamgate_proto_msgTypes[9].OneofWrappers = []any{}
-	file_streamgate_v1_streamgate_proto_msgTypes[10].OneofWrappers = []any{}
+	file_streamgate_v1_streamgate_proto_msgTypes[11].OneofWrappers = []any{}
+	file_streamgate_v1_streamgate_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamgate_v1_streamgate_proto_rawDesc), len(file_streamgate_v1_streamgate_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

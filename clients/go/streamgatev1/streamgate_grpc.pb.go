@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	StreamGateService_Generate_FullMethodName   = "/streamgate.v1.StreamGateService/Generate"
 	StreamGateService_Attach_FullMethodName     = "/streamgate.v1.StreamGateService/Attach"
+	StreamGateService_ListModels_FullMethodName = "/streamgate.v1.StreamGateService/ListModels"
 	StreamGateService_GetMetrics_FullMethodName = "/streamgate.v1.StreamGateService/GetMetrics"
 )
 
@@ -43,6 +44,8 @@ type StreamGateServiceClient interface {
 	// message, as Generate sends them. NOT_FOUND when the stream is unknown,
 	// its replay is gone, or another API key opened it. It never generates.
 	Attach(ctx context.Context, in *AttachRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AttachResponse], error)
+	// ListModels returns the models a client may name on this server.
+	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// GetMetrics returns the aggregate metrics of this server.
 	GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (*GetMetricsResponse, error)
 }
@@ -93,6 +96,16 @@ func (c *streamGateServiceClient) Attach(ctx context.Context, in *AttachRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type StreamGateService_AttachClient = grpc.ServerStreamingClient[AttachResponse]
 
+func (c *streamGateServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListModelsResponse)
+	err := c.cc.Invoke(ctx, StreamGateService_ListModels_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *streamGateServiceClient) GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (*GetMetricsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetMetricsResponse)
@@ -122,6 +135,8 @@ type StreamGateServiceServer interface {
 	// message, as Generate sends them. NOT_FOUND when the stream is unknown,
 	// its replay is gone, or another API key opened it. It never generates.
 	Attach(*AttachRequest, grpc.ServerStreamingServer[AttachResponse]) error
+	// ListModels returns the models a client may name on this server.
+	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// GetMetrics returns the aggregate metrics of this server.
 	GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error)
 	mustEmbedUnimplementedStreamGateServiceServer()
@@ -139,6 +154,9 @@ func (UnimplementedStreamGateServiceServer) Generate(*GenerateRequest, grpc.Serv
 }
 func (UnimplementedStreamGateServiceServer) Attach(*AttachRequest, grpc.ServerStreamingServer[AttachResponse]) error {
 	return status.Error(codes.Unimplemented, "method Attach not implemented")
+}
+func (UnimplementedStreamGateServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListModels not implemented")
 }
 func (UnimplementedStreamGateServiceServer) GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMetrics not implemented")
@@ -186,6 +204,24 @@ func _StreamGateService_Attach_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type StreamGateService_AttachServer = grpc.ServerStreamingServer[AttachResponse]
 
+func _StreamGateService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StreamGateServiceServer).ListModels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StreamGateService_ListModels_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StreamGateServiceServer).ListModels(ctx, req.(*ListModelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _StreamGateService_GetMetrics_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetMetricsRequest)
 	if err := dec(in); err != nil {
@@ -211,6 +247,10 @@ var StreamGateService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "streamgate.v1.StreamGateService",
 	HandlerType: (*StreamGateServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListModels",
+			Handler:    _StreamGateService_ListModels_Handler,
+		},
 		{
 			MethodName: "GetMetrics",
 			Handler:    _StreamGateService_GetMetrics_Handler,

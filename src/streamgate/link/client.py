@@ -52,6 +52,7 @@ from streamgate.link._wire import BATCH_BYTES, TOKEN_HEADER, client_keepalive
 from streamgate.link.v1 import link_pb2 as link_pb
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
+from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
 logger = logging.getLogger("streamgate.bridge")
 
@@ -404,6 +405,7 @@ class CoreClient:
             ],
         )
         self._stub = link_grpc.LinkServiceStub(self._channel)
+        self._public = pb_grpc.StreamGateServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._link: _Link | None = None
 
@@ -442,6 +444,19 @@ class CoreClient:
             if link.broken is not None:
                 raise link.broken
         return link
+
+    async def list_models(self, authorization: str | None = None) -> pb.ListModelsResponse:
+        """The models a client may name (the core's `ListModels`); raises `StreamError`."""
+        if authorization is not None and not (authorization.isascii() and authorization.isprintable()):
+            raise StreamError(ErrorCode.UNAUTHENTICATED, "the credentials must be printable ASCII")
+        metadata = (("authorization", authorization),) if authorization else None
+        try:
+            answer: pb.ListModelsResponse = await self._public.ListModels(
+                pb.ListModelsRequest(), metadata=metadata, timeout=5.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _link_error(exc.code(), exc.details()) from None
+        return answer
 
     async def ready(self, timeout: float = 1.0) -> bool:
         """Whether the core answers its health check with SERVING."""

@@ -96,6 +96,18 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
                 if isinstance(event, Failure):
                     await context.abort(GRPC_STATUS[event.error.code], event.error.message)
 
+    async def ListModels(
+        self,
+        request: pb.ListModelsRequest,
+        context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
+    ) -> pb.ListModelsResponse:
+        try:
+            self._authenticate(context)
+        except StreamError as error:
+            await context.abort(GRPC_STATUS[error.code], error.message)
+        provider = self.gateway.provider
+        return pb.ListModelsResponse(models=provider.allowed_models, any_model=provider.config.allow_any_model)
+
     async def GetMetrics(
         self,
         request: pb.GetMetricsRequest,

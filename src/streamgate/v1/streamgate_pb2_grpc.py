@@ -45,6 +45,11 @@ class StreamGateServiceStub:
                 request_serializer=streamgate_dot_v1_dot_streamgate__pb2.AttachRequest.SerializeToString,
                 response_deserializer=streamgate_dot_v1_dot_streamgate__pb2.AttachResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/streamgate.v1.StreamGateService/ListModels',
+                request_serializer=streamgate_dot_v1_dot_streamgate__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=streamgate_dot_v1_dot_streamgate__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
         self.GetMetrics = channel.unary_unary(
                 '/streamgate.v1.StreamGateService/GetMetrics',
                 request_serializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsRequest.SerializeToString,
@@ -79,6 +84,13 @@ class StreamGateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """ListModels returns the models a client may name on this server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMetrics(self, request, context):
         """GetMetrics returns the aggregate metrics of this server.
         """
@@ -98,6 +110,11 @@ def add_StreamGateServiceServicer_to_server(servicer, server):
                     servicer.Attach,
                     request_deserializer=streamgate_dot_v1_dot_streamgate__pb2.AttachRequest.FromString,
                     response_serializer=streamgate_dot_v1_dot_streamgate__pb2.AttachResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=streamgate_dot_v1_dot_streamgate__pb2.ListModelsRequest.FromString,
+                    response_serializer=streamgate_dot_v1_dot_streamgate__pb2.ListModelsResponse.SerializeToString,
             ),
             'GetMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMetrics,
@@ -160,6 +177,33 @@ class StreamGateService:
             '/streamgate.v1.StreamGateService/Attach',
             streamgate_dot_v1_dot_streamgate__pb2.AttachRequest.SerializeToString,
             streamgate_dot_v1_dot_streamgate__pb2.AttachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamgate.v1.StreamGateService/ListModels',
+            streamgate_dot_v1_dot_streamgate__pb2.ListModelsRequest.SerializeToString,
+            streamgate_dot_v1_dot_streamgate__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

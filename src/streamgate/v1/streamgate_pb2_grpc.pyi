@@ -48,6 +48,8 @@ class StreamGateServiceStub:
     message, as Generate sends them. NOT_FOUND when the stream is unknown,
     its replay is gone, or another API key opened it. It never generates.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_streamgate_pb2.ListModelsRequest, _streamgate_pb2.ListModelsResponse]
+    """ListModels returns the models a client may name on this server."""
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_streamgate_pb2.GetMetricsRequest, _streamgate_pb2.GetMetricsResponse]
     """GetMetrics returns the aggregate metrics of this server."""
 
@@ -71,6 +73,8 @@ class StreamGateServiceAsyncStub(StreamGateServiceStub):
     message, as Generate sends them. NOT_FOUND when the stream is unknown,
     its replay is gone, or another API key opened it. It never generates.
     """
+    ListModels: _aio.UnaryUnaryMultiCallable[_streamgate_pb2.ListModelsRequest, _streamgate_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """ListModels returns the models a client may name on this server."""
     GetMetrics: _aio.UnaryUnaryMultiCallable[_streamgate_pb2.GetMetricsRequest, _streamgate_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """GetMetrics returns the aggregate metrics of this server."""
 
@@ -103,6 +107,14 @@ class StreamGateServiceServicer(metaclass=_abc_1.ABCMeta):
         message, as Generate sends them. NOT_FOUND when the stream is unknown,
         its replay is gone, or another API key opened it. It never generates.
         """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _streamgate_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streamgate_pb2.ListModelsResponse, _abc.Awaitable[_streamgate_pb2.ListModelsResponse]]:
+        """ListModels returns the models a client may name on this server."""
 
     @_abc_1.abstractmethod
     def GetMetrics(
