@@ -120,6 +120,7 @@ class Gateway:
                 gone = StreamError(ErrorCode.UNAVAILABLE, SHUTTING_DOWN, retryable=True)
                 final = Failure(gone, text, stream.model, Usage(0, 0), None, Metrics(), stream.request.request_id)
                 self.replays.added(replay, replay.append(final))
+            replay.stream = None  # ended: the replay outlives it for the window, not the stream object
 
     def _away(self, replay: Replay) -> None:
         """No client reads `replay` now: end its stream as cancelled unless one comes within the grace."""
