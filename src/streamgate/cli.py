@@ -25,7 +25,7 @@ def _add(parser: argparse._ActionsContainer, flag: str, kind: Callable[[str], An
     """A flag whose default comes from its environment variable, then from `default`."""
     env = _env_name(flag)
     value = os.environ.get(env)
-    shown = "unset" if default is None else default
+    shown = "unset" if default is None else ("none" if default == () else default)
     parser.add_argument(
         flag,
         type=kind,
@@ -173,12 +173,22 @@ def _comma_list(text: str | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(origin.strip() for origin in text.split(",") if origin.strip())
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamgate")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamgate",
         description="Stream LLM output from any provider to any client.",
         epilog=f"Every flag can also be set by its environment variable, {ENV_PREFIX}<FLAG_NAME>.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--loop",
         choices=("auto", "uvloop", "asyncio"),

@@ -40,6 +40,14 @@ def test_help_documents_every_flag_and_its_variable() -> None:
         assert cli._env_name(flag) in out
 
 
+def test_version_and_list_defaults_read_as_a_person_would_write_them() -> None:
+    version = subprocess.run([*STREAMGATE, "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("streamgate ") and version.split()[1][0].isdigit()
+    out = " ".join(subprocess.run([*STREAMGATE, "core", "--help"], capture_output=True, text=True).stdout.split())
+    assert "STREAMGATE_ALLOWED_MODELS; default none)" in out
+    assert "default ()" not in out
+
+
 def test_help_defaults_match_the_config_defaults() -> None:
     defaults = {f.name: f.default for f in fields(LiteLLMConfig)}
     assert defaults["model"] == cli.DEFAULT_MODEL
