@@ -87,6 +87,10 @@ def sse_retry(milliseconds: int) -> bytes:
     return b"retry: %d\n" % milliseconds
 
 
+#: The largest sequence a client may name (past any stream's end; within the link's int64).
+MAX_SEQUENCE = 2**62
+
+
 def event_id(stream_id: str, sequence: int) -> bytes:
     """An SSE `id:` line, `<stream id>:<sequence>`: what `EventSource` sends back as `Last-Event-ID`."""
     return b"id: %s:%d\n" % (stream_id.encode(), sequence)
@@ -97,7 +101,8 @@ def parse_event_id(value: str) -> tuple[str, int] | None:
     stream_id, sep, sequence = value.strip().rpartition(":")
     if not (sep and stream_id and sequence.isascii() and sequence.isdigit() and len(value) <= 256):
         return None
-    return stream_id, int(sequence)
+    number = int(sequence)
+    return (stream_id, number) if number <= MAX_SEQUENCE else None
 
 
 def sse_chunk(content: str, event_id: bytes = b"") -> bytes:

@@ -155,10 +155,11 @@ async def resume_sse(request: web.Request) -> web.StreamResponse:
             return error_response(invalid("Last-Event-ID is not an event id of this stream"))
         after = parsed[1]
     elif "after" in request.query:
-        try:
-            after = int(request.query["after"])
-        except ValueError:
-            return error_response(invalid("after must be the sequence of the last event received"))
+        text = request.query["after"]
+        digits = text.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit() and len(digits) < 20 and -1 <= int(text) <= framing.MAX_SEQUENCE):
+            return error_response(invalid("after must be the sequence of the last event received (or -1)"))
+        after = int(text)
     return await _resume(request, request.match_info["stream_id"], after)
 
 
@@ -167,7 +168,8 @@ async def stop_stream(request: web.Request) -> web.Response:
     after the grace); 204, or 404 when there is no such stream for these credentials."""
     state = request.app[STATE]
     try:
-        core = await state.client.attach(request.match_info["stream_id"], 2**62, request.headers.get("Authorization"))
+        stream_id, authorization = request.match_info["stream_id"], request.headers.get("Authorization")
+        core = await state.client.attach(stream_id, framing.MAX_SEQUENCE, authorization)
     except StreamError as error:
         return error_response(error)
     core.cancel(stop=True)

@@ -45,7 +45,9 @@ async def test_a_reconnect_after_the_final_frame_gets_204_and_generates_nothing(
     assert upstream.counters.started == started
 
 
-@pytest.mark.parametrize("last", ["chunk of a finished stream", "unknown", "not ours", "", "a digit not ASCII"])
+@pytest.mark.parametrize(
+    "last", ["chunk of a finished stream", "unknown", "not ours", "", "a digit not ASCII", "a sequence past int64"]
+)
 async def test_any_other_reconnect_gets_410_and_generates_nothing(
     bridge: BridgeServer, http: aiohttp.ClientSession, upstream: FakeUpstream, last: str
 ) -> None:
@@ -58,6 +60,7 @@ async def test_any_other_reconnect_gets_410_and_generates_nothing(
         "not ours": "42",
         "": "",
         "a digit not ASCII": "a:\u00b2",  # isdigit() says yes, int() says no: was a 500
+        "a sequence past int64": "a:" + "9" * 30,  # overflowed the link's int64: was a 500
     }[last]
 
     for method in ("GET", "POST"):

@@ -278,3 +278,10 @@ async def test_delete_stops_a_resumable_stream_nobody_reads(
     await eventually(lambda: upstream.counters.active == 0, within=1.0)  # not after the 10 s grace
     async with http.delete(f"{bridge.url}/query/stream/no-such-stream") as response:
         assert response.status == 404
+
+
+@pytest.mark.parametrize("after", ["99999999999999999999", "-5", "--1", "1e3", "²"])
+async def test_an_after_out_of_range_is_a_400(bridge: BridgeServer, http: aiohttp.ClientSession, after: str) -> None:
+    async with http.get(f"{bridge.url}/query/stream/some-stream", params={"after": after}) as response:
+        assert response.status == 400
+        assert "after must be the sequence" in (await response.json())["error"]["message"]

@@ -74,6 +74,12 @@ def _link_error(code: grpc.StatusCode, details: str | None) -> StreamError:
     return error
 
 
+def _check_credentials(authorization: str | None) -> None:
+    """A header that is not printable ASCII (aiohttp hands such bytes on as surrogates) cannot be a key."""
+    if authorization is not None and not (authorization.isascii() and authorization.isprintable()):
+        raise StreamError(ErrorCode.UNAUTHENTICATED, "the credentials must be printable ASCII")
+
+
 class CoreStream:
     """One stream of the link. Iterate `events()`; `cancel()` stops it (the core closes the upstream)."""
 
@@ -433,9 +439,7 @@ class CoreClient:
 
     async def _ready_link(self, authorization: str | None) -> _Link:
         """The link, opened again if it broke, with room for one more command."""
-        if authorization is not None and not (authorization.isascii() and authorization.isprintable()):
-            # A header that is not ASCII (aiohttp hands its bytes on as surrogates) cannot be a key.
-            raise StreamError(ErrorCode.UNAUTHENTICATED, "the credentials must be printable ASCII")
+        _check_credentials(authorization)
         link = self._link
         if link is None or link.broken is not None:
             link = self._link = _Link(self._stub, self._coalesce, self._link_token)
@@ -447,8 +451,7 @@ class CoreClient:
 
     async def list_models(self, authorization: str | None = None) -> pb.ListModelsResponse:
         """The models a client may name (the core's `ListModels`); raises `StreamError`."""
-        if authorization is not None and not (authorization.isascii() and authorization.isprintable()):
-            raise StreamError(ErrorCode.UNAUTHENTICATED, "the credentials must be printable ASCII")
+        _check_credentials(authorization)
         metadata = (("authorization", authorization),) if authorization else None
         try:
             answer: pb.ListModelsResponse = await self._public.ListModels(

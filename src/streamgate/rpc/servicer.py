@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,8 +24,6 @@ from streamgate.core import Event, Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
-
-logger = logging.getLogger("streamgate.rpc")
 
 REQUEST_ID_HEADER = "x-request-id"
 #: Metadata key of the credentials: `authorization: Bearer <API key>`, as in HTTP.
