@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from streamgate.contract import GenerationParameters
 
+from .models import ModelRoute
+
 #: The embedded model: needs no key and no network (see `streamgate.core.embedded`).
 DEFAULT_MODEL = "streamgate/default"
 
@@ -69,10 +71,23 @@ class LiteLLMConfig:
     resume_buffer_bytes: int = 64 * 1024 * 1024
     #: Pace of the embedded default model, in tokens per second (0: as fast as it can).
     embedded_tokens_per_second: float = 30.0
+    #: The model list of a config file (`streamgate.core.models`): the names clients may ask for, each
+    #: with its own upstream. With it, `model` and `fallback_models` are names of the list, and
+    #: `api_base`, `api_key` and `allowed_models` are not used (each entry has its own).
+    routes: tuple[ModelRoute, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.model.strip():
             raise ValueError("model must not be empty")
+        if self.routes:
+            names = [route.name for route in self.routes]
+            if len(set(names)) != len(names):
+                raise ValueError("the model list names a model twice")
+            for model in (self.model, *self.fallback_models):
+                if model not in names:
+                    raise ValueError(f"model {model!r} is not in the config file's models: {', '.join(names)}")
+            if self.api_base or self.api_key or self.allowed_models:
+                raise ValueError("with a config file, each model's api_base and key are set in the file (not by flags)")
         for name in ("stream_timeout", "first_token_timeout", "idle_timeout"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):

@@ -44,6 +44,8 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self._streams: set[GatewayStream] = set()
         self._per_key: dict[str, int] = {}
+        #: Open streams by the model they were admitted for (a fallback does not move them).
+        self._per_model: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
@@ -68,6 +70,13 @@ class Gateway:
                     f"too many concurrent streams (limit {limit}); retry shortly",
                     retryable=True,
                 )
+            model_limit = self.provider.model_limit(model)
+            if model_limit and self._per_model.get(model, 0) >= model_limit:
+                raise StreamError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"too many concurrent streams of model {model!r} (limit {model_limit}); retry shortly",
+                    retryable=True,
+                )
             per_key = self.config.max_streams_per_key
             principal = request.principal
             if per_key and principal is not None and self._per_key.get(principal, 0) >= per_key:
@@ -85,6 +94,7 @@ class Gateway:
         self._streams.add(stream)
         if request.principal is not None:
             self._per_key[request.principal] = self._per_key.get(request.principal, 0) + 1
+        self._per_model[model] = self._per_model.get(model, 0) + 1
         self._idle.clear()
         self.metrics.stream_started()
         logger.debug("stream %s started: model=%s key=%s", request.request_id, model, request.principal)
@@ -137,11 +147,8 @@ class Gateway:
         self._streams.discard(stream)
         principal = stream.request.principal
         if principal is not None:
-            left = self._per_key.get(principal, 1) - 1
-            if left:
-                self._per_key[principal] = left
-            else:
-                self._per_key.pop(principal, None)
+            _take_one(self._per_key, principal)
+        _take_one(self._per_model, stream.admitted_model)
         if not self._streams:
             self._idle.set()
 
@@ -169,6 +176,14 @@ class Gateway:
         await self.wait_idle(5.0)
 
 
+def _take_one(counts: dict[str, int], name: str) -> None:
+    left = counts.get(name, 1) - 1
+    if left:
+        counts[name] = left
+    else:
+        counts.pop(name, None)
+
+
 class GatewayStream(AsyncIterator[Event]):
     """One admitted stream. Iterate it for events, from one task; `aclose()` it when done (always)."""
 
@@ -176,6 +191,8 @@ class GatewayStream(AsyncIterator[Event]):
         self._gateway = gateway
         self.request = request
         self.model = model
+        #: The model the stream was admitted for (counted against its limit); `model` may move to a fallback.
+        self.admitted_model = model
         self._events: AsyncGenerator[Event, None] | None = None
         self._abort: StreamError | None = None
         # One lazy timer bounds every wait on the upstream (see `_run` and ARCHITECTURE.md): a token
@@ -190,7 +207,7 @@ class GatewayStream(AsyncIterator[Event]):
         self._expired = False
         self._closed = False
         self._attempt = 0
-        self._fallbacks = list(gateway.config.fallback_models)
+        self._fallbacks = list(gateway.provider.fallbacks(model))
         #: From admission: time to first token counts the wait for the upstream too.
         self._clock = StreamClock()
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from streamgate.contract import invalid
+from streamgate.contract import model_not_found
 
 #: Providers whose endpoint is a fixed public HTTPS API (unless the operator's environment says
 #: otherwise): a client may name their models with `allow_any_model`.
@@ -86,15 +86,17 @@ class ModelPolicy:
         if model in self._written:
             return
         if not self._any:
-            raise invalid(f"model {model!r} is not offered here; ask for one of: {', '.join(self._written)}")
+            raise model_not_found(f"model {model!r} is not offered here; ask for one of: {', '.join(self._written)}")
         if carries_address(model):
-            raise invalid(f"model {model!r} names a URL or a host: only the operator chooses where the server connects")
+            raise model_not_found(
+                f"model {model!r} names a URL or a host: only the operator chooses where the server connects"
+            )
 
     def check_provider(self, model: str, provider: str) -> None:
         """After litellm resolved it: a vetted hosted provider, or the default model's own."""
         if model in self._written or provider in HOSTED or provider == self._home:
             return
-        raise invalid(
+        raise model_not_found(
             f"model {model!r} is served by {provider}, which is not a hosted API this server may reach for a"
             " client: the operator names it in the allowed models to open it"
         )

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import litellm
 
-from streamgate.contract import GenerationParameters, StreamError, StreamRequest, Usage, invalid
+from streamgate.contract import GenerationParameters, StreamError, StreamRequest, Usage, model_not_found
 
 from . import embedded, openai_stream
 from .config import LiteLLMConfig
@@ -44,8 +44,11 @@ class LiteLLMProvider:
             litellm_logger.propagate = True
         logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # litellm logs every call at INFO
         embedded.register(self.config.embedded_tokens_per_second)
+        #: The config file's models by name: each an alias with its own upstream (`streamgate.core.models`).
+        self._routes = {route.name: route for route in self.config.routes}
         try:
-            home = litellm.get_llm_provider(self.config.model)[1]
+            # With a model list, every entry has its own upstream: no provider is "home" to a flag's api_base.
+            home = None if self._routes else litellm.get_llm_provider(self.config.model)[1]
         except Exception:
             home = None  # an unknown default model: `resolve_model` below says so
         #: The default model's provider: the operator's api_base and key are its settings, no one else's.
@@ -54,8 +57,11 @@ class LiteLLMProvider:
             # litellm's model-info lookup for Ollama (`/api/show`) does not get the api_base: it reads
             # OLLAMA_API_BASE, else localhost:11434. The operator's upstream is the one to ask.
             os.environ.setdefault("OLLAMA_API_BASE", self.config.api_base)
+        for route in self.config.routes:
+            if route.api_base and litellm.get_llm_provider(route.model)[1] in ("ollama", "ollama_chat"):
+                os.environ.setdefault("OLLAMA_API_BASE", route.api_base)  # as above, for the list's Ollama
         self._policy = ModelPolicy(
-            (self.config.model, *self.config.fallback_models, *self.config.allowed_models),
+            tuple(self._routes) or (self.config.model, *self.config.fallback_models, *self.config.allowed_models),
             self.config.allow_any_model,
             home,
         )
@@ -70,13 +76,38 @@ class LiteLLMProvider:
         self._unpriced: set[str] = set()
         # Fail at start-up, not on the first request, when a configured model is unknown.
         self.resolve_model(None)
-        for model in self.config.fallback_models:
+        for model in (*self.config.fallback_models, *self._routes):
             self.resolve_model(model)
 
     @property
     def allowed_models(self) -> tuple[str, ...]:
         """The models the operator named (the default first); with `allow_any_model`, others too."""
         return self._policy.allowed
+
+    def fallbacks(self, model: str) -> tuple[str, ...]:
+        """The models to try, in order, when `model` fails before its first token."""
+        route = self._routes.get(model)
+        return route.fallbacks if route is not None and route.fallbacks else self.config.fallback_models
+
+    def model_limit(self, model: str) -> int:
+        """Streams of `model` that may be open at once (0: only the server's limit)."""
+        route = self._routes.get(model)
+        return route.max_concurrent_streams if route is not None else 0
+
+    def _target(self, model: str) -> str:
+        """The litellm model string a name stands for (a name of the model list, or the string itself)."""
+        route = self._routes.get(model)
+        return route.model if route is not None else model
+
+    def _upstream(self, model: str) -> tuple[str | None, str | None]:
+        """The operator's api_base and key for `model`: its list entry's, or the flags' for the default
+        model's provider; none for any other model (the key of one upstream never goes to another)."""
+        route = self._routes.get(model)
+        if route is not None:
+            return route.api_base, route.api_key
+        if self._home is not None and self._known.get(model) == self._home:
+            return self.config.api_base, self.config.api_key
+        return None, None
 
     def resolve_model(self, requested: str | None) -> str:
         """The model a request asked for (or the default), if the operator allows it; raises `StreamError`."""
@@ -89,9 +120,9 @@ class LiteLLMProvider:
         try:
             # Without the operator's api_base: litellm would hand it back as this model's base URL,
             # whatever the provider (the api_base is the default model's provider's, `_kwargs`).
-            name, provider, key, base = litellm.get_llm_provider(model)
+            name, provider, key, base = litellm.get_llm_provider(self._target(model))
         except Exception as exc:
-            raise invalid(
+            raise model_not_found(
                 f"unknown model {model!r}: name it as litellm does, with its provider, e.g. 'openai/gpt-4o-mini'"
             ) from exc
         self._policy.check_provider(model, provider)
@@ -108,15 +139,20 @@ class LiteLLMProvider:
     def _kwargs(self, request: StreamRequest, model: str) -> dict[str, Any]:
         parameters = request.parameters.merged_over(self.config.parameters)
         kwargs = parameters.to_kwargs()
-        kwargs.update(model=model, messages=[m.to_openai() for m in request.messages], num_retries=0, drop_params=True)
-        provider = self._known.get(model)
-        if provider == embedded.PROVIDER:
+        kwargs.update(
+            model=self._target(model),
+            messages=[m.to_openai() for m in request.messages],
+            num_retries=0,
+            drop_params=True,
+        )
+        if self._known.get(model) == embedded.PROVIDER:
             kwargs["tokens_per_second"] = self.config.embedded_tokens_per_second
-        elif provider == self._home:  # the operator's upstream: its URL and key; another provider never gets them
-            if self.config.api_base:
-                kwargs["api_base"] = self.config.api_base
-            if self.config.api_key:
-                kwargs["api_key"] = self.config.api_key
+        else:  # the operator's upstream for this model: its URL and key; another upstream never gets them
+            api_base, api_key = self._upstream(model)
+            if api_base:
+                kwargs["api_base"] = api_base
+            if api_key:
+                kwargs["api_key"] = api_key
         return kwargs
 
     def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
@@ -138,10 +174,8 @@ class LiteLLMProvider:
 
     def _stream_lean(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
         name, key, base = self._lean[model]
-        home = self._known.get(model) == self._home  # the operator's upstream (see `_kwargs`)
-        if home and self.config.api_base:
-            base = self.config.api_base
-        base = base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
+        operator_base, operator_key = self._upstream(model)  # the operator's upstream (see `_kwargs`)
+        base = operator_base or base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
         body: dict[str, Any] = {
             "model": name,
             "messages": [m.to_openai() for m in request.messages],
@@ -149,7 +183,7 @@ class LiteLLMProvider:
             "stream_options": {"include_usage": True},
             **request.parameters.merged_over(self.config.parameters).to_kwargs(),
         }
-        api_key = (self.config.api_key if home else None) or key or os.environ.get("OPENAI_API_KEY")
+        api_key = operator_key or key or os.environ.get("OPENAI_API_KEY")
         url = (base or DEFAULT_OPENAI_BASE).rstrip("/") + "/chat/completions"
         return openai_stream.stream_chat(
             self._session_for_loop(), url, api_key, body, coalesce=self.config.coalesce, draining=self.draining
@@ -218,7 +252,7 @@ class LiteLLMProvider:
         if self._known.get(model) == embedded.PROVIDER:
             return embedded.count_tokens(text)
         try:
-            return int(litellm.token_counter(model=model, text=text))
+            return int(litellm.token_counter(model=self._target(model), text=text))
         except Exception:
             return embedded.count_tokens(text)
 
@@ -227,7 +261,7 @@ class LiteLLMProvider:
             return None
         try:
             prompt, completion = litellm.cost_per_token(
-                model=model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+                model=self._target(model), prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
             )
         except Exception:
             # litellm's price table does not know the model: unknown, not free. Asking again

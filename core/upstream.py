@@ -41,7 +41,16 @@ class Provider(Protocol):
     config: LiteLLMConfig
 
     def resolve_model(self, requested: str | None) -> str:
-        """The model a request will use; raises `StreamError(INVALID_ARGUMENT)` for one it cannot."""
+        """The model a request will use; raises `StreamError(INVALID_ARGUMENT, reason MODEL_NOT_FOUND)`
+        for one it cannot."""
+        ...
+
+    def fallbacks(self, model: str) -> tuple[str, ...]:
+        """The models to try, in order, when `model` fails before its first token."""
+        ...
+
+    def model_limit(self, model: str) -> int:
+        """Streams of `model` that may be open at once (0: only the server's limit)."""
         ...
 
     def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:

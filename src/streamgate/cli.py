@@ -71,10 +71,20 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     _add(
         group,
+        "--config",
+        str,
+        None,
+        "a YAML or TOML file listing the models clients may ask for, by name, each with its litellm model,"
+        " api_base, key variable, limit and fallbacks (see the README); without it, --model alone is served",
+    )
+    _add(
+        group,
         "--model",
         str,
-        DEFAULT_MODEL,
-        "litellm model string, e.g. openai/gpt-4o-mini; the default is the embedded model, no key needed",
+        None,
+        "the model of a request that names none: a litellm model string, e.g. openai/gpt-4o-mini (or, with"
+        f" --config, a name of its list; default its first). Unset and without --config: {DEFAULT_MODEL},"
+        " the embedded model, no key needed",
     )
     _add(group, "--api-base", str, None, "upstream base URL, e.g. http://127.0.0.1:11434 for Ollama")
     _add(
@@ -238,8 +248,16 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     from streamgate.core.auth import Keyring
     from streamgate.rpc.server import CoreServerConfig
 
+    routes: tuple[Any, ...] = ()
+    model = args.model
+    if args.config:
+        from streamgate.core.models import load_model_list
+
+        models = load_model_list(args.config)
+        routes, model = models.routes, model or models.default
     config = LiteLLMConfig(
-        model=args.model,
+        model=model or DEFAULT_MODEL,
+        routes=routes,
         api_base=args.api_base,
         api_key=args.upstream_api_key,
         max_concurrent_streams=args.max_concurrent_streams,
@@ -299,6 +317,7 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
     user of the machine): the child inherits it through the environment.
     """
     names = (
+        "config",
         "model",
         "api_base",
         "max_concurrent_streams",

@@ -952,12 +952,16 @@ type Error struct {
 	// Whether sending the same request again may succeed.
 	Retryable bool `protobuf:"varint,3,opt,name=retryable,proto3" json:"retryable,omitempty"`
 	// The text generated before the failure.
-	PartialText   string         `protobuf:"bytes,4,opt,name=partial_text,json=partialText,proto3" json:"partial_text,omitempty"`
-	Usage         *Usage         `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
-	Metrics       *StreamMetrics `protobuf:"bytes,6,opt,name=metrics,proto3" json:"metrics,omitempty"`
-	Model         string         `protobuf:"bytes,7,opt,name=model,proto3" json:"model,omitempty"`
-	CostUsd       *float64       `protobuf:"fixed64,8,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
-	RequestId     string         `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	PartialText string         `protobuf:"bytes,4,opt,name=partial_text,json=partialText,proto3" json:"partial_text,omitempty"`
+	Usage       *Usage         `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
+	Metrics     *StreamMetrics `protobuf:"bytes,6,opt,name=metrics,proto3" json:"metrics,omitempty"`
+	Model       string         `protobuf:"bytes,7,opt,name=model,proto3" json:"model,omitempty"`
+	CostUsd     *float64       `protobuf:"fixed64,8,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
+	RequestId   string         `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Where a program must tell one cause of the code from another, that cause: "model_not_found"
+	// (INVALID_ARGUMENT: the model is not offered here), "budget_exceeded" (RESOURCE_EXHAUSTED: the
+	// API key's spend limit is reached). Empty otherwise; a client meets new values over time.
+	Reason        string `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1051,6 +1055,13 @@ func (x *Error) GetCostUsd() float64 {
 func (x *Error) GetRequestId() string {
 	if x != nil {
 		return x.RequestId
+	}
+	return ""
+}
+
+func (x *Error) GetReason() string {
+	if x != nil {
+		return x.Reason
 	}
 	return ""
 }
@@ -1355,7 +1366,7 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\a \x01(\tR\trequestId\x12'\n" +
 	"\x0fusage_estimated\x18\b \x01(\bR\x0eusageEstimatedB\v\n" +
-	"\t_cost_usd\"\xd6\x02\n" +
+	"\t_cost_usd\"\xee\x02\n" +
 	"\x05Error\x12,\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x18.streamgate.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1c\n" +
@@ -1366,7 +1377,9 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\x05model\x18\a \x01(\tR\x05model\x12\x1e\n" +
 	"\bcost_usd\x18\b \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\t \x01(\tR\trequestIdB\v\n" +
+	"request_id\x18\t \x01(\tR\trequestId\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\tR\x06reasonB\v\n" +
 	"\t_cost_usd\"\x13\n" +
 	"\x11GetMetricsRequest\"T\n" +
 	"\fOutcomeCount\x12\x14\n" +

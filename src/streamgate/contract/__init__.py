@@ -18,7 +18,7 @@ from ._convert import (
     failure_to_proto,
     request_from_proto,
 )
-from ._errors import ErrorCode, StreamError, invalid
+from ._errors import ErrorCode, Reason, StreamError, invalid, model_not_found
 from ._model import (
     MAX_REQUEST_ID,
     NO_QUERY,
@@ -50,6 +50,7 @@ __all__ = [
     "Failure",
     "GenerationParameters",
     "Metrics",
+    "Reason",
     "StreamError",
     "StreamRequest",
     "Usage",
@@ -61,5 +62,6 @@ __all__ = [
     "event_to_proto",
     "failure_to_proto",
     "invalid",
+    "model_not_found",
     "request_from_proto",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from streamgate.v1 import streamgate_pb2 as pb
 
-from ._errors import ErrorCode, StreamError
+from ._errors import ErrorCode, Reason, StreamError
 from ._model import (
     ChatMessage,
     Chunk,
@@ -88,12 +88,26 @@ def event_to_proto(event: Event) -> pb.GenerateResponse:
 
 
 def error_to_proto(error: StreamError) -> pb.Error:
-    """The error alone (a refusal): code, message, retryable."""
-    return pb.Error(code=PROTO_CODE[error.code], message=error.message, retryable=error.retryable)
+    """The error alone (a refusal): code, message, retryable, reason."""
+    return pb.Error(
+        code=PROTO_CODE[error.code],
+        message=error.message,
+        retryable=error.retryable,
+        reason=error.reason.value if error.reason else "",
+    )
+
+
+def _reason(text: str) -> Reason | None:
+    """A reason this side knows; a newer peer's unknown one is dropped (the code still says enough)."""
+    try:
+        return Reason(text) if text else None
+    except ValueError:
+        return None
 
 
 def error_from_proto(error: pb.Error) -> StreamError:
-    return StreamError(ERROR_CODE.get(error.code, ErrorCode.INTERNAL), error.message, retryable=error.retryable)
+    code = ERROR_CODE.get(error.code, ErrorCode.INTERNAL)
+    return StreamError(code, error.message, retryable=error.retryable, reason=_reason(error.reason))
 
 
 def failure_to_proto(event: Failure) -> pb.Error:
@@ -101,6 +115,7 @@ def failure_to_proto(event: Failure) -> pb.Error:
         code=PROTO_CODE[event.error.code],
         message=event.error.message,
         retryable=event.error.retryable,
+        reason=event.error.reason.value if event.error.reason else "",
         partial_text=event.partial_text,
         usage=_usage(event.usage),
         metrics=_metrics(event.metrics),

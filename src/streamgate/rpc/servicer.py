@@ -28,8 +28,16 @@ from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 REQUEST_ID_HEADER = "x-request-id"
 #: Metadata key of the credentials: `authorization: Bearer <API key>`, as in HTTP.
 AUTHORIZATION = "authorization"
+#: Trailing metadata of a refusal or failure with a reason (`streamgate.contract.Reason`), e.g. model_not_found.
+REASON_TRAILER = "streamgate-reason"
 #: Seconds before the client's deadline at which the core ends the stream itself.
 DEADLINE_MARGIN = 0.05
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: StreamError) -> None:
+    """End the call with the error's status; its reason, if any, in the trailing metadata."""
+    trailers = ((REASON_TRAILER, error.reason.value),) if error.reason else ()
+    await context.abort(GRPC_STATUS[error.code], error.message, trailing_metadata=trailers)
 
 
 class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
@@ -65,7 +73,7 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
                 else self.gateway.open(stream_request)
             )
         except StreamError as error:
-            await context.abort(GRPC_STATUS[error.code], error.message)
+            await _abort(context, error)
         # Admitted: from here to the release, nothing may come between (no await, no code that can
         # raise), or a failure or a cancel there would hold the slot for good. (A resumable stream's
         # slot is its runner's: leaving its replay only stops reading it.)
@@ -75,7 +83,7 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
             async for event in stream:
                 yield event_to_proto(event)
                 if isinstance(event, Failure):
-                    await context.abort(GRPC_STATUS[event.error.code], event.error.message)
+                    await _abort(context, event.error)
 
     async def Attach(
         self,

@@ -100,6 +100,8 @@ class Counters:
     connections: int = 0
     #: The last request bodies received, newest last.
     bodies: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
+    #: Their Authorization headers ("" when none), in the same order: which key reached this upstream.
+    authorizations: deque[str] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 def token(i: int) -> str:
@@ -169,6 +171,7 @@ class FakeUpstream:
             self.counters.connections += 1
         body = await request.json()
         self.counters.bodies.append(body)
+        self.counters.authorizations.append(request.headers.get("Authorization", ""))
         scenario = self.scenarios.get(str(body.get("model", "")), self.default)
         self.counters.started += 1
         self.counters.active += 1

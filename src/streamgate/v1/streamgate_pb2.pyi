@@ -478,6 +478,7 @@ class Error(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     code: Global___ErrorCode.ValueType
     message: _builtins.str
     """A message a person can read."""
@@ -488,6 +489,11 @@ class Error(_message.Message):
     model: _builtins.str
     cost_usd: _builtins.float
     request_id: _builtins.str
+    reason: _builtins.str
+    """Where a program must tell one cause of the code from another, that cause: "model_not_found"
+    (INVALID_ARGUMENT: the model is not offered here), "budget_exceeded" (RESOURCE_EXHAUSTED: the
+    API key's spend limit is reached). Empty otherwise; a client meets new values over time.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -504,10 +510,11 @@ class Error(_message.Message):
         model: _builtins.str = ...,
         cost_usd: _builtins.float | None = ...,
         request_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd", "metrics", b"metrics", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "code", b"code", "cost_usd", b"cost_usd", "message", b"message", "metrics", b"metrics", "model", b"model", "partial_text", b"partial_text", "request_id", b"request_id", "retryable", b"retryable", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "code", b"code", "cost_usd", b"cost_usd", "message", b"message", "metrics", b"metrics", "model", b"model", "partial_text", b"partial_text", "reason", b"reason", "request_id", b"request_id", "retryable", b"retryable", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
