@@ -247,6 +247,18 @@ async def test_an_upstream_that_fails_mid_stream_is_the_sdks_api_error_after_the
     assert error.code == "service_unavailable" and error.type == "api_error"
 
 
+async def test_a_whole_completion_whose_upstream_fails_is_the_sdks_status_error(
+    bridge: BridgeServer, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=10, drop_after=3)
+    async with async_client(bridge) as client:
+        with pytest.raises(openai.InternalServerError) as failed:
+            await client.chat.completions.create(model="openai/fake", messages=HI)
+    assert failed.value.status_code == 503 and failed.value.code == "service_unavailable"
+    assert failed.value.response.headers["retry-after"] == "1"  # the SDK's retry (on by default) waits for it
+    assert failed.value.request_id  # admitted: the stream has an id to look for in the logs
+
+
 async def _read_into(texts: list[str], stream: openai.AsyncStream[Any]) -> None:
     async for chunk in stream:
         texts.append(chunk.choices[0].delta.content or "")
