@@ -1,21 +1,26 @@
 """The shared ledger: PostgreSQL, through an asyncpg pool.
 
-A batch is one statement (`INSERT ... SELECT FROM unnest($1::text[], ...) ON CONFLICT (row_id) DO
+The pool and its queries run in an event loop of their own, in a thread (`LoopThread`). A batch
+is one statement (`INSERT ... SELECT FROM unnest($1::text[], ...) ON CONFLICT (row_id) DO
 NOTHING`): one round trip whatever its size. The pool opens connections when they are needed, so
 a database that is down at start or goes down later is only a write that fails and is retried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Coroutine, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
 from ._rows import COLUMNS, TABLE, GroupBy, LedgerError, UsageGroup, UsageRow, sort_groups
+
+T = TypeVar("T")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -96,8 +101,30 @@ def _window(since: datetime | None, until: datetime | None, key: str | None) -> 
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), params
 
 
+class LoopThread:
+    """An event loop in a thread of its own, for a driver's work (encoding a 500-row batch takes
+    asyncpg some milliseconds of CPU): the streams' loop only hands coroutines over and awaits them,
+    and the interpreter's switch interval bounds how long the thread holds it up."""
+
+    def __init__(self, name: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """`work`'s result, run in the thread's loop; cancelling the caller cancels it there."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._loop))
+
+    async def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join, 5.0)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
 class PostgresStore:
-    """A ledger's `Store` in a PostgreSQL table (created if missing)."""
+    """A ledger's `Store` in a PostgreSQL table (created if missing). Its pool and every query
+    live in a `LoopThread`; the public methods are for the caller's loop."""
 
     def __init__(self, url: str, statement_timeout: float) -> None:
         self.location = redact(url)
@@ -105,6 +132,7 @@ class PostgresStore:
         self._statement_timeout = statement_timeout
         self._pool: Any = None
         self._ready = False
+        self._thread = LoopThread("streamgate-ledger-postgresql")
 
     async def _acquire_pool(self) -> Any:
         if self._pool is None:
@@ -118,6 +146,9 @@ class PostgresStore:
         return self._pool
 
     async def connect(self) -> None:
+        await self._thread.run(self._connect())
+
+    async def _connect(self) -> None:
         pool = await self._acquire_pool()
         async with pool.acquire() as connection:
             # Another process may create it at the same moment: its error says the table is there.
@@ -134,8 +165,11 @@ class PostgresStore:
         return isinstance(error, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError)
 
     async def write(self, rows: Sequence[UsageRow]) -> int:
+        return await self._thread.run(self._write(rows))
+
+    async def _write(self, rows: Sequence[UsageRow]) -> int:
         if not self._ready:
-            await self.connect()
+            await self._connect()
         columns: list[list[Any]] = [[] for _ in COLUMNS]
         for row in rows:
             for column, name in zip(columns, COLUMNS, strict=True):
@@ -150,10 +184,13 @@ class PostgresStore:
         return int(status.rsplit(" ", 1)[-1])
 
     async def _query(self, sql: str, params: list[Any]) -> list[Any]:
-        try:
+        async def fetch() -> list[Any]:
             pool = await self._acquire_pool()
             async with pool.acquire() as connection:
                 return list(await connection.fetch(sql, *params))
+
+        try:
+            return await self._thread.run(fetch())
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             raise LedgerError(f"the ledger {self.location} cannot be read: {error}") from error
 
@@ -175,10 +212,16 @@ class PostgresStore:
         return float(rows[0][0])
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            try:
-                await pool.close()
-            except BaseException:
-                pool.terminate()
-                raise
+        async def close_pool() -> None:
+            if self._pool is not None:
+                pool, self._pool = self._pool, None
+                try:
+                    await pool.close()
+                except BaseException:
+                    pool.terminate()
+                    raise
+
+        try:
+            await self._thread.run(close_pool())
+        finally:
+            await self._thread.stop()

@@ -521,7 +521,7 @@ async def test_postgresql_stopped_and_started_under_load_loses_nothing_and_doubl
     """Issue 16's test: rows recorded steadily by many tasks while PostgreSQL is stopped
     (pg_ctl stop -m fast) and started again a few seconds later. Every row is in the table once,
     and no record() call waited."""
-    config = LedgerConfig(batch_size=500, flush_interval=0.1, max_pending=3000, retry_backoff=0.05, max_backoff=0.5)
+    config = LedgerConfig(batch_size=500, flush_interval=0.1, max_pending=1000, retry_backoff=0.05, max_backoff=0.5)
     ledger = await open_ledger(private_postgres.dsn, tmp_path, config)
     recorded: list[str] = []
     latencies: list[float] = []
