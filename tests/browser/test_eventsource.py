@@ -43,9 +43,11 @@ class CuttingProxy:
     """A TCP proxy in front of the bridge that drops the first stream's connection mid-answer,
     as a phone changing networks would; later connections pass whole."""
 
-    def __init__(self, target_port: int, cut_after_events: int) -> None:
+    def __init__(self, target_port: int, cut_after_events: int, marker: bytes = b"GET /query/stream?") -> None:
         self.target_port = target_port
         self.cut_after_events = cut_after_events
+        #: What a request to cut starts with (its request line).
+        self.marker = marker
         self.cuts = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -64,7 +66,7 @@ class CuttingProxy:
 
         async def up() -> None:
             while data := await client_r.read(65536):
-                if b"GET /query/stream?" in data and self.cuts == 0:
+                if self.marker in data and self.cuts == 0:
                     self.cuts += 1
                     cut.set()
                 bridge_w.write(data)
