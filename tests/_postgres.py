@@ -61,7 +61,8 @@ class PostgresServer:
             if owner is None:
                 raise RuntimeError("running as root, and there is no postgres or nobody user to run PostgreSQL as")
             self._as = ["setpriv", f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--clear-groups", "--"]
-        self.root = Path(tempfile.mkdtemp(prefix="streamgate-pg-"))
+        # Under /tmp when it runs as another user: $TMPDIR may be a directory only root can enter.
+        self.root = Path(tempfile.mkdtemp(prefix="streamgate-pg-", dir="/tmp" if owner is not None else None))
         if owner is not None:
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
         self.data = self.root / "data"

@@ -473,6 +473,23 @@ async def test_a_spill_line_cut_short_by_a_crash_is_skipped(tmp_path: Path) -> N
     assert sorted(sqlite_request_ids(tmp_path)) == sorted([good[0].request_id, good[1].request_id, late.request_id])
 
 
+async def test_two_processes_on_one_data_directory_keep_their_own_spill_files(tmp_path: Path) -> None:
+    first = await open_ledger("sqlite", tmp_path, FAST)
+    second = await open_ledger("sqlite", tmp_path, FAST)  # another core on the same --data-dir
+    assert first._spill.path != second._spill.path  # type: ignore[attr-defined]
+    rows = [make_row() for _ in range(10)]
+    for n, row in enumerate(rows):
+        (first if n % 2 else second).record(row)
+    await settled(first)
+    await settled(second)
+    await first.aclose()
+    await second.aclose()
+    assert sorted(sqlite_request_ids(tmp_path)) == sorted(r.request_id for r in rows)
+    third = await open_ledger("sqlite", tmp_path, FAST)  # the first slot is free again
+    assert third._spill.path == tmp_path / "ledger.spill.jsonl"  # type: ignore[attr-defined]
+    await third.aclose()
+
+
 async def test_record_never_raises(tmp_path: Path) -> None:
     ledger = await open_ledger("sqlite", tmp_path, FAST)
     ledger.record(cast(Any, None))
