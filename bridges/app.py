@@ -115,11 +115,11 @@ async def same_origin(request: web.Request, handler: Handler) -> web.StreamRespo
     origin = request.headers.get("Origin")
     if (
         origin is not None
-        and request.path.startswith("/query/")
+        and request.path.startswith(("/query/", "/v1/"))
         and not (origin == f"{request.scheme}://{request.host}" and _literal_host(request.host))
         and origin not in request.app[STATE].config.cors_origins
     ):
-        return error_response(
+        return (openai_api.error_response if request.path.startswith("/v1/") else error_response)(
             StreamError(
                 ErrorCode.PERMISSION_DENIED,
                 "a page of another origin may not use this gateway: the operator lists those allowed in --cors-origins",

@@ -214,3 +214,17 @@ async def test_an_error_after_the_stream_started_is_the_sdks_api_error(
             async for _ in stream:
                 pass
     assert "no token for" in str(failed.value)
+
+
+async def test_a_page_of_another_origin_cannot_start_a_generation(
+    bridge: BridgeServer, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    # A "simple" cross-origin POST (text/plain, no preflight) that any web page can send to a gateway
+    # it can reach, e.g. one on the visitor's own machine: it could spend the operator's upstream.
+    body = json.dumps({"model": "openai/fake", "messages": HI})
+    headers = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
+    async with http.post(f"{bridge.url}/v1/chat/completions", data=body, headers=headers) as response:
+        answer = await response.json()
+    assert response.status == 403
+    assert answer["error"]["type"] == "permission_error"  # OpenAI's envelope, as on the rest of /v1
+    assert upstream.counters.started == 0
