@@ -208,6 +208,11 @@ class GatewayStream(AsyncIterator[Event]):
         self._closed = False
         self._attempt = 0
         self._fallbacks = list(gateway.provider.fallbacks(model))
+        #: The answer so far and the provider's usage, if it gave one: what a stream that ends early cost.
+        self._parts: list[str] = []
+        self._usage: Usage | None = None
+        #: The provider refused the current try (or could not be reached) before any token: nothing billed.
+        self._refused = False
         #: From admission: time to first token counts the wait for the upstream too.
         self._clock = StreamClock()
 
@@ -284,10 +289,20 @@ class GatewayStream(AsyncIterator[Event]):
         self._closed = True
         self._gateway._release(self)
         request_id = self.request.request_id
-        if final is None:  # cancelled: what it had sent so far, one token a chunk as an estimate
-            chunks = self._clock.chunks
-            self._gateway.metrics.stream_finished(self.model, outcome, self._clock.finish(chunks), 0, chunks, None)
-            logger.info("stream %s cancelled by the client after %d chunks", request_id, chunks)
+        if final is None:  # the client left: what the provider produced so far was billed, so it counts
+            usage, cost, _ = self._settle("".join(self._parts))
+            metrics = self._clock.finish(usage.completion_tokens)
+            self._gateway.metrics.stream_finished(
+                self.model, outcome, metrics, usage.prompt_tokens, usage.completion_tokens, cost
+            )
+            logger.info(
+                "stream %s cancelled by the client after %d chunks: tokens=%d+%d cost=%s",
+                request_id,
+                metrics.chunks,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                cost,
+            )
             return
         self._gateway.metrics.stream_finished(
             self.model,
@@ -332,10 +347,9 @@ class GatewayStream(AsyncIterator[Event]):
         deadline = start + timeout
         first_deadline = start + config.first_token_timeout
         idle = config.idle_timeout
-        parts: list[str] = []
+        parts = self._parts
         #: Characters of answer still allowed: the text is kept for the final event, so it is bounded.
         room = len_limit = config.max_answer_chars
-        usage: Usage | None = None
         finish_reason = "stop"
         error: StreamError | None = None
         upstream = provider.stream(request, self.model)
@@ -356,6 +370,8 @@ class GatewayStream(AsyncIterator[Event]):
                         try:
                             delta = await anext(upstream)
                         except StreamError as exc:
+                            # Refused by the provider (or not reached) before any token: not billed.
+                            self._refused = clock.first_token is None and self._usage is None
                             retry = self._retry(exc) if clock.first_token is None else None
                             if retry is None:
                                 raise
@@ -371,6 +387,7 @@ class GatewayStream(AsyncIterator[Event]):
                             )
                             self.model = model
                             await asyncio.sleep(delay)  # within the same limit: a drain or timeout ends it
+                            self._refused = False  # a new try: sent again
                             upstream = provider.stream(request, model)
                             continue
                     except StopAsyncIteration:
@@ -405,7 +422,7 @@ class GatewayStream(AsyncIterator[Event]):
                     if delta.finish_reason:
                         finish_reason = delta.finish_reason
                     if delta.usage is not None:
-                        usage = delta.usage
+                        self._usage = delta.usage
             except StreamError as exc:
                 error = exc
             except Exception as exc:  # a bug, not an expected failure: log it, still end the stream properly
@@ -413,7 +430,7 @@ class GatewayStream(AsyncIterator[Event]):
                 error = StreamError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
             self._disarm()
             await upstream.aclose()
-            final = self._final("".join(parts), usage, finish_reason, error, clock)
+            final = self._final("".join(parts), finish_reason, error, clock)
             self._finish("completed" if error is None else error.code.value.lower(), final)
             yield final
         finally:
@@ -447,21 +464,32 @@ class GatewayStream(AsyncIterator[Event]):
             message = f"upstream timed out: no token for {config.idle_timeout:g} s"
         return StreamError(ErrorCode.DEADLINE_EXCEEDED, message, retryable=True)
 
+    def _settle(self, text: str) -> tuple[Usage, float | None, bool]:
+        """Usage, cost and whether the usage is estimated, for the stream as it ends, however it ends.
+
+        The provider's own usage when it sent one. None when it refused the request (or could not be
+        reached) before any token: nothing was billed, so zero tokens and zero cost, whatever the
+        price. Otherwise the prompt and the text produced so far, counted with the model's tokenizer
+        (an estimate), priced; the cost stays None (unknown, not free) for a model without a price.
+        """
+        provider = self._gateway.provider
+        if self._usage is not None:
+            return self._usage, provider.cost(self.model, self._usage), False
+        if self._refused and not text:
+            return Usage(0, 0), 0.0, False
+        prompt = "\n".join(m.content for m in self.request.messages)
+        usage = Usage(provider.count_tokens(self.model, prompt), provider.count_tokens(self.model, text))
+        return usage, provider.cost(self.model, usage), True
+
     def _final(
         self,
         text: str,
-        usage: Usage | None,
         finish_reason: str,
         error: StreamError | None,
         clock: StreamClock,
     ) -> Completion | Failure:
-        provider = self._gateway.provider
-        estimated = usage is None
-        if usage is None:
-            prompt = "\n".join(m.content for m in self.request.messages)
-            usage = Usage(provider.count_tokens(self.model, prompt), provider.count_tokens(self.model, text))
+        usage, cost, estimated = self._settle(text)
         metrics = clock.finish(usage.completion_tokens)
-        cost = provider.cost(self.model, usage)
         if error is None:
             return Completion(
                 text=text,
