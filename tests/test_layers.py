@@ -15,31 +15,41 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from setuptools.discovery import find_package_path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Where each package of `streamgate` is on disk (the install maps them; see pyproject.toml).
-PACKAGES = {
-    "streamgate.core": ROOT / "core",
-    "streamgate.bridges": ROOT / "bridges",
-    "streamgate.client": ROOT / "clients/python/client.py",
-    "streamgate": ROOT / "src/streamgate",
-}
+
+
+def package_folders() -> dict[str, Path]:
+    """Each folder the install maps → the import name of its package, from pyproject.toml's [tool.setuptools]
+    with setuptools' own rule (`find_package_path`): every name `package-dir` maps, and each top-level package
+    of `packages`. The deepest name first, so a folder mapped on its own is named by its own entry."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping: dict[str, str] = config.get("package-dir", {})
+    names = {name for name in mapping if name} | {name.partition(".")[0] for name in config["packages"]}
+    ordered = sorted(names, key=lambda name: (-name.count("."), name))
+    return {name: ROOT / find_package_path(name, mapping, ROOT) for name in ordered}
+
+
+#: Where each package of `streamgate` is on disk: core/ is `streamgate.core`, and so on (the real files).
+PACKAGES = package_folders()
 ENGINE = ("streamgate.core", "streamgate.rpc", "streamgate.library", "streamgate.link.server", "litellm")
+
+
+def _sources(folder: Path) -> list[Path]:
+    """The Python files under `folder`, generated code left out."""
+    return [file for file in folder.rglob("*.py") if not file.name.endswith(("_pb2.py", "_pb2_grpc.py"))]
 
 
 def _modules() -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for name, path in PACKAGES.items():
-        if path.is_file():
-            found[name] = path
-            continue
-        for file in path.rglob("*.py"):
-            if file.name.endswith(("_pb2.py", "_pb2_grpc.py")) or any(p.is_symlink() for p in file.parents):
-                continue
-            parts = list(file.relative_to(path).with_suffix("").parts)
+    for name, folder in PACKAGES.items():
+        for file in _sources(folder):
+            parts = list(file.relative_to(folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
             found.setdefault(".".join([name, *parts]), file)
@@ -92,7 +102,12 @@ def _layer(prefix: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "module",
-    [*_layer("streamgate.bridges"), "streamgate.client", "streamgate.link.client", *_layer("streamgate.contract")],
+    [
+        *_layer("streamgate.bridges"),
+        *_layer("streamgate.client"),
+        *_layer("streamgate.contract"),
+        "streamgate.link.client",
+    ],
 )
 def test_the_bridge_the_client_and_the_contract_never_reach_the_engine(module: str) -> None:
     reached = _reachable(module)
@@ -112,9 +127,15 @@ def test_the_core_has_no_transport_code(module: str) -> None:
 
 
 def test_the_walk_sees_every_layer() -> None:
-    # A guard on the test itself: an edge it cannot see proves nothing.
-    assert "streamgate.core.gateway" in _reachable("streamgate.rpc.servicer")
-    assert "streamgate.contract._convert" in _reachable("streamgate.bridges.app")
+    # A guard on the test itself: an edge it cannot see proves nothing. Every file of every mapped folder
+    # is a module of the walk, and edges cross each folder the install maps, both ways.
+    assert {file for folder in PACKAGES.values() for file in _sources(folder)} == set(MODULES.values())
+    assert {"streamgate.core", "streamgate.bridges", "streamgate.client", "streamgate"} <= set(PACKAGES)
+    assert "streamgate.core.gateway" in _reachable("streamgate.rpc.servicer")  # src/ → core/
+    assert "streamgate.contract._convert" in _reachable("streamgate.bridges.app")  # bridges/ → src/
+    assert "streamgate.bridges.framing" in _reachable("streamgate.library")  # src/ → bridges/
+    assert "streamgate.contract._status" in _reachable("streamgate.client")  # clients/python/ → src/
+    assert "streamgate.client" in _reachable("streamgate.client.example")  # within clients/python/
 
 
 def test_the_running_bridge_loads_no_engine() -> None:

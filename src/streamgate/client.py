@@ -1,1 +1,0 @@
-../../clients/python/client.py
