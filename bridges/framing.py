@@ -63,6 +63,15 @@ def final_metadata(event: Completion | Failure) -> dict[str, Any]:
     return metadata
 
 
+def cancelled_final(event: Failure) -> tuple[str, dict[str, Any]]:
+    """Text and metadata of the `complete` message of a stream the client cancelled, from the core's
+    account of it: what was produced, what it cost, and `finish_reason` "cancelled"."""
+    metadata = final_metadata(event)
+    del metadata["code"], metadata["retryable"]
+    metadata["finish_reason"] = "cancelled"
+    return event.partial_text, metadata
+
+
 def cancelled_metadata(text: str, model: str, metrics: Metrics, request_id: str) -> dict[str, Any]:
     """Metadata of a stream the client cancelled: what it received, and the measured timing."""
     return {

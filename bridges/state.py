@@ -121,6 +121,10 @@ class WriteGuard:
             self._transport.abort()
 
 
+#: Seconds a client's cancel waits for the core's final event (with usage and cost) before ending the stream here.
+FINISH_WAIT = 2.0
+
+
 class OpenStream:
     """A stream the bridge is serving; `end(error)` stops it from outside (shutdown, cancel)."""
 
@@ -133,6 +137,18 @@ class OpenStream:
     def end(self, error: StreamError) -> None:
         self.ending = error
         self.core.cancel(stop=True)  # a resumable stream too: it is stopped, not left
+
+    def finish(self, error: StreamError) -> None:
+        """A client's cancel: the core ends the stream and sends its final event, with what it cost;
+        if that takes longer than `FINISH_WAIT` (a core gone quiet), the stream is ended here."""
+        self.ending = error
+        self.core.finish()
+
+        def give_up() -> None:
+            if not self.core.ended:
+                self.end(error)
+
+        asyncio.get_running_loop().call_later(FINISH_WAIT, give_up)
 
     def ended_by_us(self) -> StreamError | None:
         """The reason, when the stream was stopped by `end()` and not by cancelling this task."""

@@ -67,7 +67,7 @@ class Session:
             data = query.loads(text)
             if query.is_cancel(data):
                 if self.current is not None:
-                    self.current.end(CANCELLED)
+                    self.current.finish(CANCELLED)  # its `complete` carries what it produced and cost
                 elif self.queries:
                     self._cancel_next = True
                 return
@@ -149,7 +149,7 @@ class Session:
         self.current = OpenStream(core)
         if self._cancel_next:  # the client cancelled while the core admitted it
             self._cancel_next = False
-            self.current.end(CANCELLED)
+            self.current.finish(CANCELLED)
 
         stream_id, ids = core.request_id, framing.ws_ids
 
@@ -160,7 +160,13 @@ class Session:
             finally:
                 guard.end()
 
+        current = self.current
+
         async def final(event: Completion | Failure, sequence: int) -> None:
+            if current.ending is CANCELLED and isinstance(event, Failure) and event.error.code is ErrorCode.CANCELLED:
+                text, metadata = framing.cancelled_final(event)  # the client's cancel, with the core's account
+                await send(framing.ws_complete(text, metadata, ids(stream_id, sequence)))
+                return
             await send(framing.ws_final(event, ids(stream_id, sequence)))
 
         async def ended(reason: StreamError, sequence: int) -> None:

@@ -313,7 +313,17 @@ class GatewayStream(AsyncIterator[Event]):
             final.cost_usd,
         )
         m = final.metrics
-        if isinstance(final, Failure):
+        if isinstance(final, Failure) and final.error.code is ErrorCode.CANCELLED:  # a client's cancel: no failure
+            logger.info(
+                "stream %s cancelled: %s (chunks=%d tokens=%d+%d cost=%s)",
+                request_id,
+                final.error.message,
+                m.chunks,
+                final.usage.prompt_tokens,
+                final.usage.completion_tokens,
+                final.cost_usd,
+            )
+        elif isinstance(final, Failure):
             logger.warning(
                 "stream %s failed: %s %s (ttft=%.1fms chunks=%d)",
                 request_id,

@@ -107,6 +107,13 @@ async def test_cancel_stops_the_stream_and_closes_the_upstream(
     chunks = [m["content"] for m in [*received, *rest[:-1]]]
     assert final["content"] == "".join(chunks)
     assert final["metadata"]["final_response"] == final["content"]
+    # What the provider produced before the cancel was billed: the complete message says what and how much.
+    metadata = final["metadata"]
+    assert metadata["model"] == "openai/fake"
+    assert metadata["usage"]["prompt_tokens"] > 0
+    assert metadata["usage"]["completion_tokens"] >= len(chunks)
+    assert metadata["metrics"]["chunks"] == len(chunks) and metadata["metrics"]["ttft_ms"] > 0
+    assert "cost_usd" in metadata  # None here: litellm has no price for openai/fake (unknown, not 0)
     assert after[-1]["type"] == "complete"
 
 

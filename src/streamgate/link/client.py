@@ -166,6 +166,19 @@ class CoreStream:
             self.cancel()
             raise
 
+    @property
+    def ended(self) -> bool:
+        """The final event arrived (or was made here)."""
+        return self._ended
+
+    def finish(self) -> None:
+        """A client's cancel that wants the stream's account: the core ends the stream as CANCELLED and
+        its final event (what was produced, usage, cost) comes as any final does. Reading goes on."""
+        if not (self._ended or self._cancelled):
+            self._link.cancel(self.stream_id, finish=True)
+            if self._successor is not None:
+                self._successor.finish()
+
     def cancel(self, stop: bool = False) -> None:
         """Stop reading the stream; `stop`: stop the stream itself, resumable or not (a client's cancel)."""
         if self._cancelled:
@@ -302,9 +315,10 @@ class _Link:
         self._send(command)
         return stream
 
-    def cancel(self, stream_id: int, stop: bool = False) -> None:
+    def cancel(self, stream_id: int, stop: bool = False, finish: bool = False) -> None:
         if self.broken is None:
-            self._send(link_pb.RelayCommand(stream_id=stream_id, cancel=link_pb.RelayCancel(stop=stop)))
+            cancel = link_pb.RelayCancel(stop=stop, finish=finish)
+            self._send(link_pb.RelayCommand(stream_id=stream_id, cancel=cancel))
 
     def forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)

@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from streamgate.contract import GRPC_STATUS, error_to_proto, event_to_proto, invalid, request_from_proto
-from streamgate.core import Chunk, ErrorCode, Event, Failure, Gateway, StreamError
+from streamgate.core import Chunk, ErrorCode, Event, Failure, Gateway, GatewayStream, StreamError
 from streamgate.core.auth import Keyring
 from streamgate.core.replay import Replay
 from streamgate.link.v1 import link_pb2 as link_pb
@@ -215,6 +215,8 @@ class RelaySession:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         #: The resumable streams read on this call, by stream id: a cancel with `stop` ends them.
         self._replays: dict[int, Replay] = {}
+        #: The other streams of this call, by stream id: a cancel with `finish` ends them as cancelled.
+        self._live: dict[int, GatewayStream] = {}
         self._handler: asyncio.Task[object] | None = None
         self._reading = False  # waiting for commands (or for room to read them): where `close()` may interrupt
         self._closing = False
@@ -293,6 +295,15 @@ class RelaySession:
         stream_id = command.stream_id
         kind = command.WhichOneof("command")
         if kind == "cancel":
+            if command.cancel.finish:  # end it as cancelled, and send its final event as for any end
+                cancelled = StreamError(ErrorCode.CANCELLED, "cancelled by the client")
+                live = self._live.get(stream_id)
+                replay = self._replays.get(stream_id)
+                if live is not None:
+                    live.abort(cancelled)
+                elif replay is not None and replay.stream is not None:
+                    replay.stream.abort(cancelled)
+                return False
             task = self._tasks.get(stream_id)
             if task is not None:
                 task.cancel()
@@ -313,6 +324,7 @@ class RelaySession:
         if self._tasks.get(stream_id) is task:  # not a later stream that reused the id
             del self._tasks[stream_id]
             self._replays.pop(stream_id, None)
+            self._live.pop(stream_id, None)
 
     def _events(
         self, stream_id: int, command: link_pb.RelayOpen | link_pb.RelayAttach
@@ -327,7 +339,7 @@ class RelaySession:
         if request.resumable:
             replay = self._replays[stream_id] = gateway.open_resumable(request)
             return request.request_id, replay.read()
-        stream = gateway.open(request)
+        stream = self._live[stream_id] = gateway.open(request)
         return stream.request.request_id, stream
 
     async def _serve(self, stream_id: int, command: link_pb.RelayOpen | link_pb.RelayAttach) -> None:

@@ -150,15 +150,21 @@ class RelayCancel(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STOP_FIELD_NUMBER: _builtins.int
+    FINISH_FIELD_NUMBER: _builtins.int
     stop: _builtins.bool
+    finish: _builtins.bool
+    """A client's cancel that wants the stream's account: the core ends the stream now as CANCELLED and
+    sends its final event (what was produced, its usage and cost); the bridge reads on until it comes.
+    """
     def __init__(
         self,
         *,
         stop: _builtins.bool = ...,
+        finish: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish", b"finish", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
