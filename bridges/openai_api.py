@@ -322,30 +322,44 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, core: CoreStream, model: str, include_usage: bool) -> web.StreamResponse:
-    """`stream: true`: `chat.completion.chunk` events, then `[DONE]` (or the error object)."""
+    """`stream: true`: `chat.completion.chunk` events, then `[DONE]` (or the error object).
+
+    The response head waits for the first token, as OpenAI's does, so that a stream that fails before
+    it (the upstream's rate limit, the first-token timeout) is answered with the error's own status,
+    which the SDKs raise as their type for it and retry when it is worth it. A first token that takes
+    longer than `--keepalive-interval` gets the head and a `: ping`, so that no proxy gives up on a
+    silent request; a failure after that is the last `data:` line.
+    """
     state = request.app[STATE]
     config = state.config
     chunks = _Chunks(core.request_id, model)
     response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-ID": core.request_id})
-    try:
-        await response.prepare(request)
-    except (asyncio.CancelledError, ConnectionError):  # the client left before its stream was forwarded
-        core.cancel()
-        raise
+    head: asyncio.Task[Any] | None = None  # the head on its way: the 200 is committed
+    failed: list[Failure] = []  # a failure before the head: answered with its status instead
+
+    async def start() -> None:
+        nonlocal head
+        if head is None:
+            head = asyncio.ensure_future(response.prepare(request))
+        await head
+
+    async def ping() -> None:
+        if not failed:
+            await start()
+            await response.write(framing.PING)
+
     # One timer: `: ping` after `keepalive_interval` s of silence, and the client dropped when a write waits
     # on it for `write_stall_timeout` s (which ends the stream as a client that left).
-    guard = WriteGuard(
-        request.transport, config.write_stall_timeout, lambda: response.write(framing.PING), config.keepalive_interval
-    )
-    # The role chunk rides with the first event: no write of its own, so no await between admission and
-    # `forward`, which cancels the core stream whatever ends the response.
+    guard = WriteGuard(request.transport, config.write_stall_timeout, ping, config.keepalive_interval)
     first = chunks.event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
 
     async def write(frame: bytes) -> None:
         nonlocal first
         guard.begin()
         try:
-            await response.write(first + frame)
+            if head is None or not head.done():
+                await start()
+            await response.write(first + frame)  # the role chunk rides with the first event
             first = b""
         finally:
             guard.end()
@@ -354,8 +368,11 @@ async def _stream(request: web.Request, core: CoreStream, model: str, include_us
         await write(chunks.delta(content))
 
     async def final(event: Completion | Failure, sequence: int) -> None:
-        if isinstance(event, Failure):  # after the stream started: one last data line, the error object
-            await write(_error_event(event.error))
+        if isinstance(event, Failure):
+            if head is None:
+                failed.append(event)
+            else:  # after the stream started: one last data line, the error object
+                await write(_error_event(event.error))
             return
         frames = [chunks.event([{"index": 0, "delta": {}, "finish_reason": event.finish_reason}])]
         if include_usage:
@@ -363,10 +380,15 @@ async def _stream(request: web.Request, core: CoreStream, model: str, include_us
         await write(b"".join(frames) + DONE)
 
     async def ended(reason: StreamError, sequence: int) -> None:
-        await write(_error_event(reason))
+        await final(core.failure(reason), sequence)
 
     try:
-        if await state.forward(OpenStream(core), TRANSPORT, chunk, final, ended) != "disconnected":
+        outcome = await state.forward(OpenStream(core), TRANSPORT, chunk, final, ended)
+        if failed:
+            answer = error_response(failed[0].error)
+            answer.headers["X-Request-ID"] = core.request_id
+            return answer
+        if outcome != "disconnected":
             guard.begin()
             await response.write_eof()
             guard.end()

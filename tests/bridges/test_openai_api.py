@@ -151,11 +151,11 @@ async def test_a_client_that_leaves_before_the_first_token_closes_the_upstream(
 ) -> None:
     upstream.default = Scenario(tokens=3, first_token_delay=30)
     body = {"model": "openai/fake", "messages": HI, "stream": True}
-    response = await http.post(f"{bridge.url}/v1/chat/completions", json=body)
-    assert response.status == 200 and response.headers["X-Request-ID"]
+    waiting = asyncio.create_task(http.post(f"{bridge.url}/v1/chat/completions", json=body))
     await eventually(lambda: upstream.counters.active == 1)
+    assert not waiting.done()  # the head waits for the first token
 
-    response.close()
+    waiting.cancel()
 
     await eventually(lambda: upstream.counters.disconnects == 1 and upstream.counters.active == 0, within=1.0)
     await eventually(lambda: not bridge.state.streams)

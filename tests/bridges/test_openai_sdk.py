@@ -223,6 +223,39 @@ async def test_over_the_concurrency_limit_the_sdk_raises_rate_limit_error_and_it
     assert waited >= 0.9  # the first try was refused, and the retry waited the second it was told
 
 
+async def test_an_upstream_rate_limit_before_the_first_token_is_rate_limit_error_on_a_stream(
+    bridge: BridgeServer, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(status=429)
+    async with async_client(bridge) as client:
+        with pytest.raises(openai.RateLimitError) as limited:
+            await client.chat.completions.create(model="openai/fake", messages=HI, stream=True)
+    assert limited.value.status_code == 429 and limited.value.code == "rate_limit_exceeded"
+    assert limited.value.response.headers["retry-after"] == "1"
+    assert limited.value.request_id  # admitted: the stream has an id to look for in the logs
+    assert upstream.counters.started == 3  # the core's own tries first (--retries 2)
+
+
+async def test_a_first_token_timeout_is_a_504_until_a_ping_has_committed_the_stream(
+    make_bridge: BridgeFactory, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=3, first_token_delay=5)
+    quiet = await make_bridge(core_first_token_timeout=0.2)  # pings every 15 s: none before the timeout
+    pinged = await make_bridge(core_first_token_timeout=0.4, keepalive_interval=0.1)
+    async with async_client(quiet) as client:
+        with pytest.raises(openai.InternalServerError) as timed_out:
+            await client.chat.completions.create(model="openai/fake", messages=HI, stream=True)
+    async with async_client(pinged) as client:
+        stream = await client.chat.completions.create(model="openai/fake", messages=HI, stream=True)
+        with pytest.raises(openai.APIError) as failed:
+            await _read_into([], stream)
+
+    assert timed_out.value.status_code == 504 and timed_out.value.code == "timeout"
+    assert "first token" in timed_out.value.message
+    assert not isinstance(failed.value, openai.APIStatusError)  # the 200 went out with the first ping
+    assert failed.value.code == "timeout"
+
+
 # -- errors after the stream started ----------------------------------------------------------------
 
 
