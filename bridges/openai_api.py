@@ -13,9 +13,14 @@ with nothing changed but `base_url` (and the API key, when auth is on).
   core closes the upstream).
 - `GET /v1/models` and `GET /v1/models/{id}`: the models a client may name.
 - Errors in OpenAI's envelope, `{"error": {"message", "type", "param", "code"}}`, with OpenAI's
-  statuses (429 and 503 with `Retry-After`); an error after a stream started is one last `data:` line
-  holding that object, and no `[DONE]`: the Python SDK raises `openai.APIError` from it (`.body` is
-  the object, `.code` its code), the Node SDK an `APIError` without a status.
+  statuses (429 and 503 with `Retry-After`). A stream's head waits for its first token (or the first
+  `: ping`), so a stream that fails before it is answered with its error's status too. An error after
+  a stream started is one last `data:` line holding that object, and no `[DONE]`: the Python SDK
+  raises `openai.APIError` from it (`.body` is the object, `.code` its code), the Node SDK an
+  `APIError` without a status; both have yielded the chunks before it.
+- The Python SDK keeps a stream's connection open after a bare `break` until the stream is closed
+  (`with` / `async with`, `close()`) or collected: only then can the gateway close the upstream. The
+  Node SDK aborts the request itself on `break`, and on its `AbortController`.
 - `X-Request-ID` on every answer of an admitted stream (the SDKs' `_request_id` / `requestID`).
 - Extension: the usage chunk (and the non-streaming answer) carries `streamgate`: cost, time to first
   token, tokens per second, request id. The SDKs keep unknown fields (`chunk.model_extra`).
