@@ -1,6 +1,9 @@
 """The OpenAI-compatible front door, driven by the official `openai` Python SDK (from the lock), with
 nothing changed but `base_url`: streaming and not, usage with streamgate's extension, the model list,
-errors as the SDK's exception types, and a client that breaks out of the loop closes the upstream."""
+errors as the SDK's exception types, and a client that breaks out of the loop closes the upstream.
+Then what the SDK does not show: the fields the upstream receives, and the bridge's bounds on slow,
+silent, leaving and foreign-origin clients, on raw HTTP (more SDK cases: test_openai_sdk.py, and
+Node's: test_openai_node.py)."""
 
 from __future__ import annotations
 
