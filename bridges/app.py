@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streamgate.contract import ErrorCode, StreamError
 from streamgate.link.client import CoreClient
 
-from . import openai_api
+from . import openai_api, usage
 from .config import BridgeConfig
 from .errors import error_response
 from .sse import resume_sse, stop_stream, stream_sse
@@ -165,6 +165,7 @@ def create_app(config: BridgeConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", openai_api.chat_completions)
     app.router.add_get("/v1/models", openai_api.list_models)
     app.router.add_get("/v1/models/{model_id:.+}", openai_api.list_models)
+    app.router.add_get("/v1/usage", usage.get_usage)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

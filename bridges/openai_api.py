@@ -306,7 +306,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         state.refuse_if_draining()
         generate, stream, include_usage = parse_chat(await _read_body(request, state.config.body_timeout))
-        core = await state.client.open(generate, request.headers.get("Authorization"))
+        core = await state.client.open(generate, request.headers.get("Authorization"), TRANSPORT)
     except StreamError as error:
         metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
         return error_response(error)

@@ -72,7 +72,7 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
     try:
         state.refuse_if_draining()
         generate = await _read_request(request, state.config.body_timeout)
-        core = await state.client.open(generate, request.headers.get("Authorization"))
+        core = await state.client.open(generate, request.headers.get("Authorization"), TRANSPORT)
     except StreamError as error:
         metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
         return error_response(error)

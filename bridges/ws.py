@@ -139,7 +139,7 @@ class Session:
             if isinstance(request, _Resume):  # a resumable stream read again: never a new generation
                 core = await state.client.attach(request.stream_id, request.after, self.authorization)
             else:
-                core = await state.client.open(request, self.authorization)
+                core = await state.client.open(request, self.authorization, TRANSPORT)
         except StreamError as error:
             metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
             await send(framing.ws_error(error.message))

@@ -19,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
 from typing import Self
 
 from streamgate.contract import Chunk, Completion, ErrorCode, Event, Failure, Metrics, StreamError, StreamRequest, Usage
 
+from .ledger import Ledger, NullLedger, UsageRow
 from .metrics import GatewayMetrics, StreamClock
 from .replay import MemoryReplayStore, Replay
 from .upstream import Provider, clean_text
@@ -50,6 +53,8 @@ class Gateway:
         self._idle.set()
         self.draining = False
         self.replays = MemoryReplayStore(self.config.resume_window, self.config.resume_buffer_bytes)
+        #: Where each stream's row goes when it ends (`streamgate.core.ledger`); the server sets it.
+        self.ledger: Ledger = NullLedger()
         #: The tasks that run resumable streams (each reads its stream into its replay).
         self._runners: set[asyncio.Task[None]] = set()
 
@@ -215,6 +220,7 @@ class GatewayStream(AsyncIterator[Event]):
         self._refused = False
         #: From admission: time to first token counts the wait for the upstream too.
         self._clock = StreamClock()
+        self._started_at = time.time()
 
     def __aiter__(self) -> Self:
         return self
@@ -295,6 +301,7 @@ class GatewayStream(AsyncIterator[Event]):
             self._gateway.metrics.stream_finished(
                 self.model, outcome, metrics, usage.prompt_tokens, usage.completion_tokens, cost
             )
+            self._account(outcome, usage, cost, metrics)
             logger.info(
                 "stream %s cancelled by the client after %d chunks: tokens=%d+%d cost=%s",
                 request_id,
@@ -312,6 +319,7 @@ class GatewayStream(AsyncIterator[Event]):
             final.usage.completion_tokens,
             final.cost_usd,
         )
+        self._account(outcome, final.usage, final.cost_usd, final.metrics)
         m = final.metrics
         if isinstance(final, Failure) and final.error.code is ErrorCode.CANCELLED:  # a client's cancel: no failure
             logger.info(
@@ -473,6 +481,32 @@ class GatewayStream(AsyncIterator[Event]):
         else:
             message = f"upstream timed out: no token for {config.idle_timeout:g} s"
         return StreamError(ErrorCode.DEADLINE_EXCEEDED, message, retryable=True)
+
+    def _account(self, outcome: str, usage: Usage, cost: float | None, metrics: Metrics) -> None:
+        """The stream's row in the usage ledger (queued: written off the stream's path)."""
+        ledger = self._gateway.ledger
+        if isinstance(ledger, NullLedger):
+            return
+        request = self.request
+        try:
+            row = UsageRow(
+                request_id=request.request_id,
+                started_at=datetime.fromtimestamp(self._started_at, UTC),
+                ended_at=datetime.now(UTC),
+                key_holder=request.principal,
+                model=self.model,
+                transport=request.transport,  # type: ignore[arg-type]  # checked by UsageRow
+                outcome=outcome,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost_usd=cost,
+                ttft_ms=metrics.ttft_ms if metrics.chunks else None,
+                duration_ms=metrics.duration_ms,
+            )
+        except ValueError:  # a bug: the stream has ended properly, only its row is lost (and said so)
+            logger.exception("stream %s: cannot make its ledger row", request.request_id)
+            return
+        ledger.record(row)
 
     def _settle(self, text: str) -> tuple[Usage, float | None, bool]:
         """Usage, cost and whether the usage is estimated, for the stream as it ends, however it ends.

@@ -48,6 +48,7 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
         drain_grace = overrides.pop("drain_grace", 0.5)
         keyring = overrides.pop("keyring", Keyring())
         link_token = overrides.pop("link_token", LINK_TOKEN)
+        ledger = {k: overrides.pop(k) for k in ("ledger", "data_dir", "admins") if k in overrides}
         fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key", "retry_backoff": 0.01}
         fields["coalesce"] = False  # chunk-level assertions: one chunk a token (tests/core/test_coalesce.py: on)
         fields.update(overrides)
@@ -59,6 +60,7 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
                 drain_grace=drain_grace,
                 keyring=keyring,
                 link_token=link_token,
+                **ledger,
             ),
         )
         await server.start()

@@ -141,6 +141,23 @@ def _core_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "--grpc-port", int, 50051, "gRPC port (0: any free port)")
     _add(group, "--metrics-port", _optional_port, 9464, "Prometheus metrics port ('off' to disable)")
     _add(group, "--drain-grace", float, 10.0, "seconds open streams may finish after SIGTERM")
+    usage = parser.add_argument_group("usage ledger (one row per stream: GET /v1/usage, GetUsage)")
+    _add(
+        usage,
+        "--ledger",
+        str,
+        "sqlite",
+        "where each stream's usage is kept: sqlite (a file in --data-dir), a postgresql://... URL (prefer the"
+        " environment variable: a URL may hold a password), or off",
+    )
+    _add(usage, "--data-dir", str, ".streamgate", "directory of the SQLite ledger and its spill files")
+    _add(
+        usage,
+        "--admins",
+        _comma_list,
+        (),
+        "comma-separated key holders (names in --api-keys-file) who may read everyone's usage; others read their own",
+    )
     auth = parser.add_argument_group("authentication (off unless keys are given)")
     _add(auth, "--api-keys", str, None, "comma-separated API keys; prefer the environment variable to the flag")
     _add(auth, "--api-keys-file", str, None, "file of API keys, one 'name: key' (or 'key') per line")
@@ -288,6 +305,9 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         drain_grace=args.drain_grace,
         keyring=keyring,
         link_token=getattr(args, "link_token", None),  # serve makes its own
+        ledger=args.ledger,
+        data_dir=args.data_dir,
+        admins=args.admins,
     )
     return config, server
 
@@ -337,6 +357,8 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "grpc_port",
         "metrics_port",
         "drain_grace",
+        "data_dir",
+        "admins",
         "api_keys_file",
         "max_streams_per_key",
         "preconnect",
@@ -398,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamgate.serve import serve
 
             _core_configs(args)  # validate before starting anything
-            for flag in ("--upstream-api-key", "--api-keys"):  # secrets reach the core by environment
+            for flag in ("--upstream-api-key", "--api-keys", "--ledger"):  # secrets reach the core by environment
                 value = getattr(args, flag[2:].replace("-", "_"))
                 if value:
                     os.environ[_env_name(flag)] = value

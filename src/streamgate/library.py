@@ -110,7 +110,10 @@ class StreamingHandler:
         if self._closed:
             raise HandlerClosedError("this StreamingHandler was cleaned up; create a new one")
         request = StreamRequest.create(
-            messages=_messages(messages), model=model, parameters=GenerationParameters.from_mapping(parameters)
+            messages=_messages(messages),
+            model=model,
+            parameters=GenerationParameters.from_mapping(parameters),
+            transport="library",
         )
         return self._gateway.open(request)
 

@@ -453,6 +453,204 @@ func (x *ListModelsResponse) GetAnyModel() bool {
 	return false
 }
 
+// GetUsageRequest asks for usage by one grouping, in a window.
+type GetUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "model", "key" or "day" (UTC, "YYYY-MM-DD"); empty: "model".
+	GroupBy string `protobuf:"bytes,1,opt,name=group_by,json=groupBy,proto3" json:"group_by,omitempty"`
+	// Streams that started at or after this time: RFC 3339 ("2026-11-29T10:00:00Z") or a
+	// UTC date ("2026-11-29"); empty: from the first.
+	Since string `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// ... and before this time (same forms); empty: up to now.
+	Until         string `protobuf:"bytes,3,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageRequest) Reset() {
+	*x = GetUsageRequest{}
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageRequest) ProtoMessage() {}
+
+func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
+func (*GetUsageRequest) Descriptor() ([]byte, []int) {
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetUsageRequest) GetGroupBy() string {
+	if x != nil {
+		return x.GroupBy
+	}
+	return ""
+}
+
+func (x *GetUsageRequest) GetSince() string {
+	if x != nil {
+		return x.Since
+	}
+	return ""
+}
+
+func (x *GetUsageRequest) GetUntil() string {
+	if x != nil {
+		return x.Until
+	}
+	return ""
+}
+
+// UsageGroup is what the streams of one group used.
+type UsageGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The model, the key's holder ("" for streams without a key) or the day.
+	Group            string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Streams          uint64 `protobuf:"varint,2,opt,name=streams,proto3" json:"streams,omitempty"`
+	PromptTokens     uint64 `protobuf:"varint,3,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
+	CompletionTokens uint64 `protobuf:"varint,4,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
+	// The sum of the known costs, in US dollars; unset when no stream of the group has a price.
+	CostUsd *float64 `protobuf:"fixed64,5,opt,name=cost_usd,json=costUsd,proto3,oneof" json:"cost_usd,omitempty"`
+	// Streams whose model has no price: left out of cost_usd.
+	UnpricedStreams uint64 `protobuf:"varint,6,opt,name=unpriced_streams,json=unpricedStreams,proto3" json:"unpriced_streams,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *UsageGroup) Reset() {
+	*x = UsageGroup{}
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageGroup) ProtoMessage() {}
+
+func (x *UsageGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageGroup.ProtoReflect.Descriptor instead.
+func (*UsageGroup) Descriptor() ([]byte, []int) {
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *UsageGroup) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *UsageGroup) GetStreams() uint64 {
+	if x != nil {
+		return x.Streams
+	}
+	return 0
+}
+
+func (x *UsageGroup) GetPromptTokens() uint64 {
+	if x != nil {
+		return x.PromptTokens
+	}
+	return 0
+}
+
+func (x *UsageGroup) GetCompletionTokens() uint64 {
+	if x != nil {
+		return x.CompletionTokens
+	}
+	return 0
+}
+
+func (x *UsageGroup) GetCostUsd() float64 {
+	if x != nil && x.CostUsd != nil {
+		return *x.CostUsd
+	}
+	return 0
+}
+
+func (x *UsageGroup) GetUnpricedStreams() uint64 {
+	if x != nil {
+		return x.UnpricedStreams
+	}
+	return 0
+}
+
+// GetUsageResponse lists the groups, sorted by group.
+type GetUsageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*UsageGroup          `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageResponse) Reset() {
+	*x = GetUsageResponse{}
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageResponse) ProtoMessage() {}
+
+func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageResponse.ProtoReflect.Descriptor instead.
+func (*GetUsageResponse) Descriptor() ([]byte, []int) {
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetUsageResponse) GetGroups() []*UsageGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 // AttachRequest names a resumable stream and where to read it from.
 type AttachRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -466,7 +664,7 @@ type AttachRequest struct {
 
 func (x *AttachRequest) Reset() {
 	*x = AttachRequest{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[5]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -478,7 +676,7 @@ func (x *AttachRequest) String() string {
 func (*AttachRequest) ProtoMessage() {}
 
 func (x *AttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[5]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -491,7 +689,7 @@ func (x *AttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
 func (*AttachRequest) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{5}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AttachRequest) GetRequestId() string {
@@ -518,7 +716,7 @@ type AttachResponse struct {
 
 func (x *AttachResponse) Reset() {
 	*x = AttachResponse{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[6]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +728,7 @@ func (x *AttachResponse) String() string {
 func (*AttachResponse) ProtoMessage() {}
 
 func (x *AttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[6]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +741,7 @@ func (x *AttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
 func (*AttachResponse) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{6}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AttachResponse) GetEvent() *GenerateResponse {
@@ -568,7 +766,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[7]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +778,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[7]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +791,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{7}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GenerateResponse) GetEvent() isGenerateResponse_Event {
@@ -664,7 +862,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[8]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -676,7 +874,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[8]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -689,7 +887,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{8}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Chunk) GetContent() string {
@@ -717,7 +915,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[9]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +927,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[9]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +940,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{9}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -781,7 +979,7 @@ type StreamMetrics struct {
 
 func (x *StreamMetrics) Reset() {
 	*x = StreamMetrics{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[10]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +991,7 @@ func (x *StreamMetrics) String() string {
 func (*StreamMetrics) ProtoMessage() {}
 
 func (x *StreamMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[10]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +1004,7 @@ func (x *StreamMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamMetrics.ProtoReflect.Descriptor instead.
 func (*StreamMetrics) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{10}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StreamMetrics) GetTtftMs() float64 {
@@ -859,7 +1057,7 @@ type Completion struct {
 
 func (x *Completion) Reset() {
 	*x = Completion{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[11]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1069,7 @@ func (x *Completion) String() string {
 func (*Completion) ProtoMessage() {}
 
 func (x *Completion) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[11]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1082,7 @@ func (x *Completion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Completion.ProtoReflect.Descriptor instead.
 func (*Completion) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{11}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Completion) GetText() string {
@@ -968,7 +1166,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1178,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[12]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1191,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{12}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1074,7 +1272,7 @@ type GetMetricsRequest struct {
 
 func (x *GetMetricsRequest) Reset() {
 	*x = GetMetricsRequest{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1284,7 @@ func (x *GetMetricsRequest) String() string {
 func (*GetMetricsRequest) ProtoMessage() {}
 
 func (x *GetMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[13]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1297,7 @@ func (x *GetMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{13}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{16}
 }
 
 // OutcomeCount counts finished streams by model and outcome.
@@ -1115,7 +1313,7 @@ type OutcomeCount struct {
 
 func (x *OutcomeCount) Reset() {
 	*x = OutcomeCount{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[14]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1325,7 @@ func (x *OutcomeCount) String() string {
 func (*OutcomeCount) ProtoMessage() {}
 
 func (x *OutcomeCount) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[14]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1338,7 @@ func (x *OutcomeCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeCount.ProtoReflect.Descriptor instead.
 func (*OutcomeCount) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{14}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *OutcomeCount) GetModel() string {
@@ -1184,7 +1382,7 @@ type GetMetricsResponse struct {
 
 func (x *GetMetricsResponse) Reset() {
 	*x = GetMetricsResponse{}
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[15]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1394,7 @@ func (x *GetMetricsResponse) String() string {
 func (*GetMetricsResponse) ProtoMessage() {}
 
 func (x *GetMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamgate_v1_streamgate_proto_msgTypes[15]
+	mi := &file_streamgate_v1_streamgate_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1407,7 @@ func (x *GetMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{15}
+	return file_streamgate_v1_streamgate_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetMetricsResponse) GetActiveStreams() uint32 {
@@ -1328,7 +1526,22 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\x11ListModelsRequest\"I\n" +
 	"\x12ListModelsResponse\x12\x16\n" +
 	"\x06models\x18\x01 \x03(\tR\x06models\x12\x1b\n" +
-	"\tany_model\x18\x02 \x01(\bR\banyModel\"D\n" +
+	"\tany_model\x18\x02 \x01(\bR\banyModel\"X\n" +
+	"\x0fGetUsageRequest\x12\x19\n" +
+	"\bgroup_by\x18\x01 \x01(\tR\agroupBy\x12\x14\n" +
+	"\x05since\x18\x02 \x01(\tR\x05since\x12\x14\n" +
+	"\x05until\x18\x03 \x01(\tR\x05until\"\xe6\x01\n" +
+	"\n" +
+	"UsageGroup\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x18\n" +
+	"\astreams\x18\x02 \x01(\x04R\astreams\x12#\n" +
+	"\rprompt_tokens\x18\x03 \x01(\x04R\fpromptTokens\x12+\n" +
+	"\x11completion_tokens\x18\x04 \x01(\x04R\x10completionTokens\x12\x1e\n" +
+	"\bcost_usd\x18\x05 \x01(\x01H\x00R\acostUsd\x88\x01\x01\x12)\n" +
+	"\x10unpriced_streams\x18\x06 \x01(\x04R\x0funpricedStreamsB\v\n" +
+	"\t_cost_usd\"E\n" +
+	"\x10GetUsageResponse\x121\n" +
+	"\x06groups\x18\x01 \x03(\v2\x19.streamgate.v1.UsageGroupR\x06groups\"D\n" +
 	"\rAttachRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -1409,14 +1622,15 @@ const file_streamgate_v1_streamgate_proto_rawDesc = "" +
 	"\x16ERROR_CODE_UNAVAILABLE\x10\x06\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\a\x12\x18\n" +
 	"\x14ERROR_CODE_NOT_FOUND\x10\b\x12 \n" +
-	"\x1cERROR_CODE_PERMISSION_DENIED\x10\t2\xd1\x02\n" +
+	"\x1cERROR_CODE_PERMISSION_DENIED\x10\t2\x9e\x03\n" +
 	"\x11StreamGateService\x12M\n" +
 	"\bGenerate\x12\x1e.streamgate.v1.GenerateRequest\x1a\x1f.streamgate.v1.GenerateResponse0\x01\x12G\n" +
 	"\x06Attach\x12\x1c.streamgate.v1.AttachRequest\x1a\x1d.streamgate.v1.AttachResponse0\x01\x12Q\n" +
 	"\n" +
 	"ListModels\x12 .streamgate.v1.ListModelsRequest\x1a!.streamgate.v1.ListModelsResponse\x12Q\n" +
 	"\n" +
-	"GetMetrics\x12 .streamgate.v1.GetMetricsRequest\x1a!.streamgate.v1.GetMetricsResponseBm\n" +
+	"GetMetrics\x12 .streamgate.v1.GetMetricsRequest\x1a!.streamgate.v1.GetMetricsResponse\x12K\n" +
+	"\bGetUsage\x12\x1e.streamgate.v1.GetUsageRequest\x1a\x1f.streamgate.v1.GetUsageResponseBm\n" +
 	"\x11dev.streamgate.v1B\x0fStreamgateProtoP\x01ZEgithub.com/streamgate/streamgate/clients/go/streamgatev1;streamgatev1b\x06proto3"
 
 var (
@@ -1432,7 +1646,7 @@ func file_streamgate_v1_streamgate_proto_rawDescGZIP() []byte {
 }
 
 var file_streamgate_v1_streamgate_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_streamgate_v1_streamgate_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_streamgate_v1_streamgate_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_streamgate_v1_streamgate_proto_goTypes = []any{
 	(ErrorCode)(0),               // 0: streamgate.v1.ErrorCode
 	(*ChatMessage)(nil),          // 1: streamgate.v1.ChatMessage
@@ -1440,46 +1654,52 @@ var file_streamgate_v1_streamgate_proto_goTypes = []any{
 	(*GenerateRequest)(nil),      // 3: streamgate.v1.GenerateRequest
 	(*ListModelsRequest)(nil),    // 4: streamgate.v1.ListModelsRequest
 	(*ListModelsResponse)(nil),   // 5: streamgate.v1.ListModelsResponse
-	(*AttachRequest)(nil),        // 6: streamgate.v1.AttachRequest
-	(*AttachResponse)(nil),       // 7: streamgate.v1.AttachResponse
-	(*GenerateResponse)(nil),     // 8: streamgate.v1.GenerateResponse
-	(*Chunk)(nil),                // 9: streamgate.v1.Chunk
-	(*Usage)(nil),                // 10: streamgate.v1.Usage
-	(*StreamMetrics)(nil),        // 11: streamgate.v1.StreamMetrics
-	(*Completion)(nil),           // 12: streamgate.v1.Completion
-	(*Error)(nil),                // 13: streamgate.v1.Error
-	(*GetMetricsRequest)(nil),    // 14: streamgate.v1.GetMetricsRequest
-	(*OutcomeCount)(nil),         // 15: streamgate.v1.OutcomeCount
-	(*GetMetricsResponse)(nil),   // 16: streamgate.v1.GetMetricsResponse
-	(*durationpb.Duration)(nil),  // 17: google.protobuf.Duration
+	(*GetUsageRequest)(nil),      // 6: streamgate.v1.GetUsageRequest
+	(*UsageGroup)(nil),           // 7: streamgate.v1.UsageGroup
+	(*GetUsageResponse)(nil),     // 8: streamgate.v1.GetUsageResponse
+	(*AttachRequest)(nil),        // 9: streamgate.v1.AttachRequest
+	(*AttachResponse)(nil),       // 10: streamgate.v1.AttachResponse
+	(*GenerateResponse)(nil),     // 11: streamgate.v1.GenerateResponse
+	(*Chunk)(nil),                // 12: streamgate.v1.Chunk
+	(*Usage)(nil),                // 13: streamgate.v1.Usage
+	(*StreamMetrics)(nil),        // 14: streamgate.v1.StreamMetrics
+	(*Completion)(nil),           // 15: streamgate.v1.Completion
+	(*Error)(nil),                // 16: streamgate.v1.Error
+	(*GetMetricsRequest)(nil),    // 17: streamgate.v1.GetMetricsRequest
+	(*OutcomeCount)(nil),         // 18: streamgate.v1.OutcomeCount
+	(*GetMetricsResponse)(nil),   // 19: streamgate.v1.GetMetricsResponse
+	(*durationpb.Duration)(nil),  // 20: google.protobuf.Duration
 }
 var file_streamgate_v1_streamgate_proto_depIdxs = []int32{
 	1,  // 0: streamgate.v1.GenerateRequest.messages:type_name -> streamgate.v1.ChatMessage
 	2,  // 1: streamgate.v1.GenerateRequest.parameters:type_name -> streamgate.v1.GenerationParameters
-	17, // 2: streamgate.v1.GenerateRequest.timeout:type_name -> google.protobuf.Duration
-	8,  // 3: streamgate.v1.AttachResponse.event:type_name -> streamgate.v1.GenerateResponse
-	9,  // 4: streamgate.v1.GenerateResponse.chunk:type_name -> streamgate.v1.Chunk
-	12, // 5: streamgate.v1.GenerateResponse.completion:type_name -> streamgate.v1.Completion
-	13, // 6: streamgate.v1.GenerateResponse.error:type_name -> streamgate.v1.Error
-	10, // 7: streamgate.v1.Completion.usage:type_name -> streamgate.v1.Usage
-	11, // 8: streamgate.v1.Completion.metrics:type_name -> streamgate.v1.StreamMetrics
-	0,  // 9: streamgate.v1.Error.code:type_name -> streamgate.v1.ErrorCode
-	10, // 10: streamgate.v1.Error.usage:type_name -> streamgate.v1.Usage
-	11, // 11: streamgate.v1.Error.metrics:type_name -> streamgate.v1.StreamMetrics
-	15, // 12: streamgate.v1.GetMetricsResponse.outcomes:type_name -> streamgate.v1.OutcomeCount
-	3,  // 13: streamgate.v1.StreamGateService.Generate:input_type -> streamgate.v1.GenerateRequest
-	6,  // 14: streamgate.v1.StreamGateService.Attach:input_type -> streamgate.v1.AttachRequest
-	4,  // 15: streamgate.v1.StreamGateService.ListModels:input_type -> streamgate.v1.ListModelsRequest
-	14, // 16: streamgate.v1.StreamGateService.GetMetrics:input_type -> streamgate.v1.GetMetricsRequest
-	8,  // 17: streamgate.v1.StreamGateService.Generate:output_type -> streamgate.v1.GenerateResponse
-	7,  // 18: streamgate.v1.StreamGateService.Attach:output_type -> streamgate.v1.AttachResponse
-	5,  // 19: streamgate.v1.StreamGateService.ListModels:output_type -> streamgate.v1.ListModelsResponse
-	16, // 20: streamgate.v1.StreamGateService.GetMetrics:output_type -> streamgate.v1.GetMetricsResponse
-	17, // [17:21] is the sub-list for method output_type
-	13, // [13:17] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	20, // 2: streamgate.v1.GenerateRequest.timeout:type_name -> google.protobuf.Duration
+	7,  // 3: streamgate.v1.GetUsageResponse.groups:type_name -> streamgate.v1.UsageGroup
+	11, // 4: streamgate.v1.AttachResponse.event:type_name -> streamgate.v1.GenerateResponse
+	12, // 5: streamgate.v1.GenerateResponse.chunk:type_name -> streamgate.v1.Chunk
+	15, // 6: streamgate.v1.GenerateResponse.completion:type_name -> streamgate.v1.Completion
+	16, // 7: streamgate.v1.GenerateResponse.error:type_name -> streamgate.v1.Error
+	13, // 8: streamgate.v1.Completion.usage:type_name -> streamgate.v1.Usage
+	14, // 9: streamgate.v1.Completion.metrics:type_name -> streamgate.v1.StreamMetrics
+	0,  // 10: streamgate.v1.Error.code:type_name -> streamgate.v1.ErrorCode
+	13, // 11: streamgate.v1.Error.usage:type_name -> streamgate.v1.Usage
+	14, // 12: streamgate.v1.Error.metrics:type_name -> streamgate.v1.StreamMetrics
+	18, // 13: streamgate.v1.GetMetricsResponse.outcomes:type_name -> streamgate.v1.OutcomeCount
+	3,  // 14: streamgate.v1.StreamGateService.Generate:input_type -> streamgate.v1.GenerateRequest
+	9,  // 15: streamgate.v1.StreamGateService.Attach:input_type -> streamgate.v1.AttachRequest
+	4,  // 16: streamgate.v1.StreamGateService.ListModels:input_type -> streamgate.v1.ListModelsRequest
+	17, // 17: streamgate.v1.StreamGateService.GetMetrics:input_type -> streamgate.v1.GetMetricsRequest
+	6,  // 18: streamgate.v1.StreamGateService.GetUsage:input_type -> streamgate.v1.GetUsageRequest
+	11, // 19: streamgate.v1.StreamGateService.Generate:output_type -> streamgate.v1.GenerateResponse
+	10, // 20: streamgate.v1.StreamGateService.Attach:output_type -> streamgate.v1.AttachResponse
+	5,  // 21: streamgate.v1.StreamGateService.ListModels:output_type -> streamgate.v1.ListModelsResponse
+	19, // 22: streamgate.v1.StreamGateService.GetMetrics:output_type -> streamgate.v1.GetMetricsResponse
+	8,  // 23: streamgate.v1.StreamGateService.GetUsage:output_type -> streamgate.v1.GetUsageResponse
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_streamgate_v1_streamgate_proto_init() }
@@ -1488,20 +1708,21 @@ func file_streamgate_v1_streamgate_proto_init() {
 		return
 	}
 	file_streamgate_v1_streamgate_proto_msgTypes[1].OneofWrappers = []any{}
-	file_streamgate_v1_streamgate_proto_msgTypes[7].OneofWrappers = []any{
+	file_streamgate_v1_streamgate_proto_msgTypes[6].OneofWrappers = []any{}
+	file_streamgate_v1_streamgate_proto_msgTypes[10].OneofWrappers = []any{
 		(*GenerateResponse_Chunk)(nil),
 		(*GenerateResponse_Completion)(nil),
 		(*GenerateResponse_Error)(nil),
 	}
-	file_streamgate_v1_streamgate_proto_msgTypes[11].OneofWrappers = []any{}
-	file_streamgate_v1_streamgate_proto_msgTypes[12].OneofWrappers = []any{}
+	file_streamgate_v1_streamgate_proto_msgTypes[14].OneofWrappers = []any{}
+	file_streamgate_v1_streamgate_proto_msgTypes[15].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamgate_v1_streamgate_proto_rawDesc), len(file_streamgate_v1_streamgate_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

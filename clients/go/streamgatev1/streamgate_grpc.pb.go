@@ -23,6 +23,7 @@ const (
 	StreamGateService_Attach_FullMethodName     = "/streamgate.v1.StreamGateService/Attach"
 	StreamGateService_ListModels_FullMethodName = "/streamgate.v1.StreamGateService/ListModels"
 	StreamGateService_GetMetrics_FullMethodName = "/streamgate.v1.StreamGateService/GetMetrics"
+	StreamGateService_GetUsage_FullMethodName   = "/streamgate.v1.StreamGateService/GetUsage"
 )
 
 // StreamGateServiceClient is the client API for StreamGateService service.
@@ -48,6 +49,12 @@ type StreamGateServiceClient interface {
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// GetMetrics returns the aggregate metrics of this server.
 	GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (*GetMetricsResponse, error)
+	// GetUsage reads the usage ledger: streams, tokens and cost grouped by
+	// model, API key holder or UTC day, in a window of start times. With
+	// authentication on, a key sees its own streams; an admin key sees all.
+	// UNAVAILABLE while the ledger's database cannot be read; with the ledger
+	// off, the answer is empty.
+	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
 }
 
 type streamGateServiceClient struct {
@@ -116,6 +123,16 @@ func (c *streamGateServiceClient) GetMetrics(ctx context.Context, in *GetMetrics
 	return out, nil
 }
 
+func (c *streamGateServiceClient) GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUsageResponse)
+	err := c.cc.Invoke(ctx, StreamGateService_GetUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StreamGateServiceServer is the server API for StreamGateService service.
 // All implementations must embed UnimplementedStreamGateServiceServer
 // for forward compatibility.
@@ -139,6 +156,12 @@ type StreamGateServiceServer interface {
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// GetMetrics returns the aggregate metrics of this server.
 	GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error)
+	// GetUsage reads the usage ledger: streams, tokens and cost grouped by
+	// model, API key holder or UTC day, in a window of start times. With
+	// authentication on, a key sees its own streams; an admin key sees all.
+	// UNAVAILABLE while the ledger's database cannot be read; with the ledger
+	// off, the answer is empty.
+	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
 	mustEmbedUnimplementedStreamGateServiceServer()
 }
 
@@ -160,6 +183,9 @@ func (UnimplementedStreamGateServiceServer) ListModels(context.Context, *ListMod
 }
 func (UnimplementedStreamGateServiceServer) GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMetrics not implemented")
+}
+func (UnimplementedStreamGateServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUsage not implemented")
 }
 func (UnimplementedStreamGateServiceServer) mustEmbedUnimplementedStreamGateServiceServer() {}
 func (UnimplementedStreamGateServiceServer) testEmbeddedByValue()                           {}
@@ -240,6 +266,24 @@ func _StreamGateService_GetMetrics_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _StreamGateService_GetUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StreamGateServiceServer).GetUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StreamGateService_GetUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StreamGateServiceServer).GetUsage(ctx, req.(*GetUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // StreamGateService_ServiceDesc is the grpc.ServiceDesc for StreamGateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -254,6 +298,10 @@ var StreamGateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetMetrics",
 			Handler:    _StreamGateService_GetMetrics_Handler,
+		},
+		{
+			MethodName: "GetUsage",
+			Handler:    _StreamGateService_GetUsage_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

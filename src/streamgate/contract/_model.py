@@ -163,6 +163,8 @@ class StreamRequest:
     principal: str | None = None
     #: Keep the stream's output for clients that reconnect (`streamgate.core.replay`).
     resumable: bool = False
+    #: The door it came in by, for the usage ledger: grpc, sse, ws, openai or library.
+    transport: str = "grpc"
 
     @classmethod
     def create(
@@ -176,6 +178,7 @@ class StreamRequest:
         timeout: float | None = None,
         principal: str | None = None,
         resumable: bool = False,
+        transport: str = "grpc",
     ) -> StreamRequest:
         """Validate the parts of a request; raises `StreamError(INVALID_ARGUMENT)`."""
         chat = tuple(messages)
@@ -213,6 +216,7 @@ class StreamRequest:
             timeout=timeout,
             principal=principal,
             resumable=resumable,
+            transport=transport,
         )
 
 

@@ -298,8 +298,9 @@ class _Link:
         self._reader = asyncio.create_task(self._read())
         self._writer = asyncio.create_task(self._write())
 
-    def open(self, request: pb.GenerateRequest, authorization: str | None) -> CoreStream:
-        return self._start(link_pb.RelayCommand(open=link_pb.RelayOpen(request=request)), authorization, "open")
+    def open(self, request: pb.GenerateRequest, authorization: str | None, transport: str = "") -> CoreStream:
+        command = link_pb.RelayCommand(open=link_pb.RelayOpen(request=request, transport=transport))
+        return self._start(command, authorization, "open")
 
     def attach(self, request_id: str, after: int, authorization: str | None) -> CoreStream:
         command = link_pb.RelayCommand(attach=link_pb.RelayAttach(request_id=request_id, after=after))
@@ -429,13 +430,16 @@ class CoreClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._link: _Link | None = None
 
-    async def open(self, request: pb.GenerateRequest, authorization: str | None = None) -> CoreStream:
+    async def open(
+        self, request: pb.GenerateRequest, authorization: str | None = None, transport: str = ""
+    ) -> CoreStream:
         """Start a stream; raises `StreamError` when the core refuses it or cannot be reached.
 
-        `authorization` (the client's `Authorization` header) is passed on for the core to check.
+        `authorization` (the client's `Authorization` header) is passed on for the core to check;
+        `transport` (sse, ws, openai) names the door the stream came in by, for the usage ledger.
         """
         link = await self._ready_link(authorization)
-        stream = link.open(request, authorization)
+        stream = link.open(request, authorization, transport)
         await stream.admitted()
         if request.resumable:
             stream.resumer = lambda after: self.attach(stream.request_id, after, authorization)
@@ -471,6 +475,16 @@ class CoreClient:
             answer: pb.ListModelsResponse = await self._public.ListModels(
                 pb.ListModelsRequest(), metadata=metadata, timeout=5.0
             )
+        except grpc.aio.AioRpcError as exc:
+            raise _link_error(exc.code(), exc.details()) from None
+        return answer
+
+    async def usage(self, request: pb.GetUsageRequest, authorization: str | None = None) -> pb.GetUsageResponse:
+        """The usage ledger, grouped (the core's `GetUsage`); raises `StreamError`."""
+        _check_credentials(authorization)
+        metadata = (("authorization", authorization),) if authorization else None
+        try:
+            answer: pb.GetUsageResponse = await self._public.GetUsage(request, metadata=metadata, timeout=10.0)
         except grpc.aio.AioRpcError as exc:
             raise _link_error(exc.code(), exc.details()) from None
         return answer

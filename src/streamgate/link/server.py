@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -65,6 +66,8 @@ STREAM_BYTES = BATCH_BYTES // 16
 #: Opens in one request whose tasks may be created before the handler lets them run (each refusal
 #: or admission then puts its frame in the outbox, and the outbox's bound holds the next ones back).
 OPENS_PER_YIELD = 64
+#: The bridge's doors (its metrics' names) as the usage ledger names them.
+BRIDGE_TRANSPORTS = {"sse": "sse", "websocket": "ws", "openai": "openai"}
 
 RelayContext = grpc.aio.ServicerContext[link_pb.RelayRequest, link_pb.RelayResponse]
 
@@ -336,6 +339,11 @@ class RelaySession:
             replay = self._replays[stream_id] = gateway.replays.find(command.request_id, principal)
             return replay.stream_id, replay.read(command.after)
         request = request_from_proto(command.request, principal)
+        if command.transport:
+            transport = BRIDGE_TRANSPORTS.get(command.transport)
+            if transport is None:
+                raise invalid(f"stream {stream_id}: unknown transport {command.transport[:20]!r}")
+            request = dataclasses.replace(request, transport=transport)
         if request.resumable:
             replay = self._replays[stream_id] = gateway.open_resumable(request)
             return request.request_id, replay.read()

@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 
 from streamgate.core import Gateway, LiteLLMConfig, LiteLLMProvider
 from streamgate.core.auth import Keyring
+from streamgate.core.ledger import ledger_kind, open_ledger
 from streamgate.link._wire import server_ping_policy
 from streamgate.link.server import LinkServicer
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
@@ -47,6 +48,12 @@ class CoreServerConfig:
     keyring: Keyring = field(default_factory=Keyring)
     #: The secret a bridge's `Relay` call must carry (STREAMGATE_LINK_TOKEN); None: Relay is refused.
     link_token: str | None = field(default=None, repr=False)
+    #: The usage ledger: "off", "sqlite" (in `data_dir`) or a postgresql:// URL (`streamgate.core.ledger`).
+    ledger: str = field(default="off", repr=False)  # a URL may hold a password
+    #: Where the SQLite ledger and its spill files live.
+    data_dir: str = ".streamgate"
+    #: Key holders who may read everyone's usage (the others read their own).
+    admins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.grpc_port <= 65535:
@@ -59,6 +66,7 @@ class CoreServerConfig:
             len(self.link_token) >= 16 and self.link_token.isascii() and self.link_token.isprintable()
         ):
             raise ValueError("link_token must be at least 16 printable ASCII characters")  # never the value
+        ledger_kind(self.ledger)  # a bad --ledger fails at start-up, never with its value (a password)
 
 
 class CoreServer:
@@ -68,7 +76,7 @@ class CoreServer:
         self.config = config
         self.server_config = server_config or CoreServerConfig()
         self.gateway = Gateway(LiteLLMProvider(config))
-        self.servicer = StreamGateServicer(self.gateway, self.server_config.keyring)
+        self.servicer = StreamGateServicer(self.gateway, self.server_config.keyring, self.server_config.admins)
         self.link = LinkServicer(self.gateway, self.server_config.keyring, self.server_config.link_token)
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -103,6 +111,7 @@ class CoreServer:
             server,
         )
         await self.gateway.provider.warm_up()
+        self.gateway.ledger = await open_ledger(sc.ledger, sc.data_dir)
         self.port = server.add_insecure_port(f"{sc.host}:{sc.grpc_port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {sc.host}:{sc.grpc_port}")
@@ -115,10 +124,11 @@ class CoreServer:
             self._metrics_http = http
             self.metrics_port = http.server_port
         logger.info(
-            "core listening on %s (model %s, metrics on %s)",
+            "core listening on %s (model %s, metrics on %s, ledger %s)",
             self.address,
             self.config.model,
             self.metrics_port,
+            self.gateway.ledger.location,
         )
 
     async def stop(self, grace: float | None = None) -> None:
@@ -130,6 +140,7 @@ class CoreServer:
         if self._server is not None:
             await self._server.stop(1.0)
         await self.gateway.provider.close()
+        await self.gateway.ledger.aclose()  # after the drain: every stream's row is queued; written or spilled
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -15,13 +15,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
-from streamgate.contract import GRPC_STATUS, event_to_proto, request_from_proto
+from streamgate.contract import GRPC_STATUS, ErrorCode, event_to_proto, invalid, request_from_proto
 from streamgate.core import Event, Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
+from streamgate.core.ledger import LedgerError
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
@@ -40,10 +42,23 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: StreamError
     await context.abort(GRPC_STATUS[error.code], error.message, trailing_metadata=trailers)
 
 
+def _when(text: str, name: str) -> datetime | None:
+    """An RFC 3339 time or a UTC date ("2026-11-29"), as UTC; raises `StreamError(INVALID_ARGUMENT)`."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise invalid(f"{name} must be an RFC 3339 time or a date (YYYY-MM-DD), got {text[:40]!r}") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
-    def __init__(self, gateway: Gateway, keyring: Keyring | None = None) -> None:
+    def __init__(self, gateway: Gateway, keyring: Keyring | None = None, admins: tuple[str, ...] = ()) -> None:
         self.gateway = gateway
         self.keyring = keyring or Keyring()
+        #: Key holders who may read everyone's usage.
+        self.admins = frozenset(admins)
 
     def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
         """The API key's holder from the `authorization` metadata; raises UNAUTHENTICATED."""
@@ -84,6 +99,40 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
                 yield event_to_proto(event)
                 if isinstance(event, Failure):
                     await _abort(context, event.error)
+
+    async def GetUsage(
+        self,
+        request: pb.GetUsageRequest,
+        context: grpc.aio.ServicerContext[pb.GetUsageRequest, pb.GetUsageResponse],
+    ) -> pb.GetUsageResponse:
+        """The ledger's usage, grouped; with auth on, the caller's own unless it is an admin."""
+        try:
+            holder = self._authenticate(context)
+            group_by = request.group_by or "model"
+            if group_by not in ("model", "key", "day"):
+                raise invalid(f"group_by must be model, key or day, got {group_by[:20]!r}")
+            since, until = _when(request.since, "since"), _when(request.until, "until")
+            own = holder if self.keyring.enabled and holder not in self.admins else None
+            try:
+                groups = await self.gateway.ledger.usage(group_by, since, until, key=own)  # type: ignore[arg-type]
+            except LedgerError:
+                unreadable = "the usage ledger cannot be read now"
+                raise StreamError(ErrorCode.UNAVAILABLE, unreadable, retryable=True) from None
+        except StreamError as error:
+            await _abort(context, error)
+        return pb.GetUsageResponse(
+            groups=[
+                pb.UsageGroup(
+                    group=group.group or "",
+                    streams=group.streams,
+                    prompt_tokens=group.prompt_tokens,
+                    completion_tokens=group.completion_tokens,
+                    cost_usd=group.cost_usd,
+                    unpriced_streams=group.unpriced_streams,
+                )
+                for group in groups
+            ]
+        )
 
     async def Attach(
         self,

@@ -55,6 +55,11 @@ class StreamGateServiceStub:
                 request_serializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/streamgate.v1.StreamGateService/GetUsage',
+                request_serializer=streamgate_dot_v1_dot_streamgate__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=streamgate_dot_v1_dot_streamgate__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class StreamGateServiceServicer:
@@ -98,6 +103,17 @@ class StreamGateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """GetUsage reads the usage ledger: streams, tokens and cost grouped by
+        model, API key holder or UTC day, in a window of start times. With
+        authentication on, a key sees its own streams; an admin key sees all.
+        UNAVAILABLE while the ledger's database cannot be read; with the ledger
+        off, the answer is empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StreamGateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -120,6 +136,11 @@ def add_StreamGateServiceServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsRequest.FromString,
                     response_serializer=streamgate_dot_v1_dot_streamgate__pb2.GetMetricsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=streamgate_dot_v1_dot_streamgate__pb2.GetUsageRequest.FromString,
+                    response_serializer=streamgate_dot_v1_dot_streamgate__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,6 +252,33 @@ class StreamGateService:
             '/streamgate.v1.StreamGateService/GetMetrics',
             streamgate_dot_v1_dot_streamgate__pb2.GetMetricsRequest.SerializeToString,
             streamgate_dot_v1_dot_streamgate__pb2.GetMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamgate.v1.StreamGateService/GetUsage',
+            streamgate_dot_v1_dot_streamgate__pb2.GetUsageRequest.SerializeToString,
+            streamgate_dot_v1_dot_streamgate__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

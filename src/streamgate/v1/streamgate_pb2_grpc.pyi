@@ -52,6 +52,13 @@ class StreamGateServiceStub:
     """ListModels returns the models a client may name on this server."""
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_streamgate_pb2.GetMetricsRequest, _streamgate_pb2.GetMetricsResponse]
     """GetMetrics returns the aggregate metrics of this server."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_streamgate_pb2.GetUsageRequest, _streamgate_pb2.GetUsageResponse]
+    """GetUsage reads the usage ledger: streams, tokens and cost grouped by
+    model, API key holder or UTC day, in a window of start times. With
+    authentication on, a key sees its own streams; an admin key sees all.
+    UNAVAILABLE while the ledger's database cannot be read; with the ledger
+    off, the answer is empty.
+    """
 
 @_typing.type_check_only
 class StreamGateServiceAsyncStub(StreamGateServiceStub):
@@ -77,6 +84,13 @@ class StreamGateServiceAsyncStub(StreamGateServiceStub):
     """ListModels returns the models a client may name on this server."""
     GetMetrics: _aio.UnaryUnaryMultiCallable[_streamgate_pb2.GetMetricsRequest, _streamgate_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """GetMetrics returns the aggregate metrics of this server."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_streamgate_pb2.GetUsageRequest, _streamgate_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """GetUsage reads the usage ledger: streams, tokens and cost grouped by
+    model, API key holder or UTC day, in a window of start times. With
+    authentication on, a key sees its own streams; an admin key sees all.
+    UNAVAILABLE while the ledger's database cannot be read; with the ledger
+    off, the answer is empty.
+    """
 
 class StreamGateServiceServicer(metaclass=_abc_1.ABCMeta):
     """StreamGateService streams LLM output from any litellm provider."""
@@ -123,5 +137,18 @@ class StreamGateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_streamgate_pb2.GetMetricsResponse, _abc.Awaitable[_streamgate_pb2.GetMetricsResponse]]:
         """GetMetrics returns the aggregate metrics of this server."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _streamgate_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_streamgate_pb2.GetUsageResponse, _abc.Awaitable[_streamgate_pb2.GetUsageResponse]]:
+        """GetUsage reads the usage ledger: streams, tokens and cost grouped by
+        model, API key holder or UTC day, in a window of start times. With
+        authentication on, a key sees its own streams; an admin key sees all.
+        UNAVAILABLE while the ledger's database cannot be read; with the ledger
+        off, the answer is empty.
+        """
 
 def add_StreamGateServiceServicer_to_server(servicer: StreamGateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

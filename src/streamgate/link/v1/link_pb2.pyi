@@ -121,8 +121,11 @@ class RelayOpen(_message.Message):
 
     REQUEST_FIELD_NUMBER: _builtins.int
     AUTHORIZATION_FIELD_NUMBER: _builtins.int
+    TRANSPORT_FIELD_NUMBER: _builtins.int
     authorization: _builtins.str
     """The credentials, as Generate's authorization metadata: "Bearer <API key>"."""
+    transport: _builtins.str
+    """The bridge's door the stream came in by (sse, ws, openai), for the usage ledger."""
     @_builtins.property
     def request(self) -> _streamgate_pb2.GenerateRequest: ...
     def __init__(
@@ -130,10 +133,11 @@ class RelayOpen(_message.Message):
         *,
         request: _streamgate_pb2.GenerateRequest | None = ...,
         authorization: _builtins.str = ...,
+        transport: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "request", b"request", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
