@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from streamgate.contract import GenerationParameters
 
+from .budgets import Budget
 from .models import ModelRoute
 
 #: The embedded model: needs no key and no network (see `streamgate.core.embedded`).
@@ -75,6 +76,8 @@ class LiteLLMConfig:
     #: with its own upstream. With it, `model` and `fallback_models` are names of the list, and
     #: `api_base`, `api_key` and `allowed_models` are not used (each entry has its own).
     routes: tuple[ModelRoute, ...] = ()
+    #: Spend limits by API key holder (`streamgate.core.budgets`), from the config file.
+    budgets: tuple[Budget, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.model.strip():

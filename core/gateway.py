@@ -26,6 +26,7 @@ from typing import Self
 
 from streamgate.contract import Chunk, Completion, ErrorCode, Event, Failure, Metrics, StreamError, StreamRequest, Usage
 
+from .budgets import BudgetBook
 from .ledger import Ledger, NullLedger, UsageRow
 from .metrics import GatewayMetrics, StreamClock
 from .replay import MemoryReplayStore, Replay
@@ -55,6 +56,8 @@ class Gateway:
         self.replays = MemoryReplayStore(self.config.resume_window, self.config.resume_buffer_bytes)
         #: Where each stream's row goes when it ends (`streamgate.core.ledger`); the server sets it.
         self.ledger: Ledger = NullLedger()
+        #: Spend limits by key holder, checked at admission (`streamgate.core.budgets`).
+        self.budgets = BudgetBook(self.config.budgets)
         #: The tasks that run resumable streams (each reads its stream into its replay).
         self._runners: set[asyncio.Task[None]] = set()
 
@@ -90,6 +93,8 @@ class Gateway:
                     f"too many concurrent streams for this API key (limit {per_key}); retry shortly",
                     retryable=True,
                 )
+            if self.budgets:
+                self.budgets.check(principal)
         except StreamError as error:
             self.metrics.stream_rejected(error.code.value)
             # Counted in the metrics; a line each would let a client flood the log (and the disk).
@@ -483,11 +488,14 @@ class GatewayStream(AsyncIterator[Event]):
         return StreamError(ErrorCode.DEADLINE_EXCEEDED, message, retryable=True)
 
     def _account(self, outcome: str, usage: Usage, cost: float | None, metrics: Metrics) -> None:
-        """The stream's row in the usage ledger (queued: written off the stream's path)."""
+        """The stream's row in the usage ledger (queued: written off the stream's path), and its cost
+        against its key's budget."""
+        request = self.request
+        if self._gateway.budgets:
+            self._gateway.budgets.add(request.principal, cost)
         ledger = self._gateway.ledger
         if isinstance(ledger, NullLedger):
             return
-        request = self.request
         try:
             row = UsageRow(
                 request_id=request.request_id,

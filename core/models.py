@@ -13,6 +13,9 @@ YAML or TOML, one entry per name a client may ask for:
         api_key_env: LLAMA_API_KEY   # the key's environment variable; a key is never written here
         max_concurrent_streams: 50   # streams of this model open at once (default: no limit of its own)
         fallbacks: [assistant]       # tried in order when it fails before its first token
+    budgets:                         # spend limits by API key holder (streamgate.core.budgets)
+      alice: {per_day: 5.00}
+      ci-bot: {per_month: 200}
 
 A name is an alias: the client sees it (in `/v1/models`, in each stream's final frame and in the
 metrics), never the model string, its address or its key. Each entry's `api_base` and key go to that
@@ -30,9 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .budgets import Budget
+
 #: Settings an entry may have; anything else is a typo, refused.
 _ENTRY_KEYS = frozenset({"model", "api_base", "api_key_env", "max_concurrent_streams", "fallbacks"})
-_FILE_KEYS = frozenset({"default", "models"})
+_FILE_KEYS = frozenset({"default", "models", "budgets"})
 #: Names clients send in JSON and URLs (`/v1/models/{name}`): printable, no spaces, bounded.
 _MAX_NAME = 256
 
@@ -64,13 +69,14 @@ class ModelRoute:
 
 @dataclass(frozen=True, slots=True)
 class ModelList:
-    """The models of a config file, the default first."""
+    """What a config file says: its models (the default first) and the keys' budgets."""
 
     routes: tuple[ModelRoute, ...]
+    budgets: tuple[Budget, ...] = ()
 
     @property
-    def default(self) -> str:
-        return self.routes[0].name
+    def default(self) -> str | None:
+        return self.routes[0].name if self.routes else None
 
 
 def load_model_list(path: str | Path, environ: Mapping[str, str] | None = None) -> ModelList:
@@ -100,8 +106,9 @@ def parse_model_list(data: Any, environ: Mapping[str, str], source: str = "the c
     unknown = set(data) - _FILE_KEYS
     if unknown:
         raise ValueError(f"{source}: unknown setting(s) {', '.join(sorted(map(str, unknown)))}")
-    entries = data.get("models")
-    if not isinstance(entries, dict) or not entries:
+    budgets = _budgets(data.get("budgets", {}), source)
+    entries = data.get("models", {} if budgets else None)
+    if not isinstance(entries, dict) or not (entries or budgets):
         raise ValueError(f"{source}: 'models' must map each model name to its settings, and name at least one")
     routes = [_route(str(name), spec, environ, source) for name, spec in entries.items()]
     names = [route.name for route in routes]
@@ -116,7 +123,22 @@ def parse_model_list(data: Any, environ: Mapping[str, str], source: str = "the c
         if default not in names:
             raise ValueError(f"{source}: the default model {default!r} is not in 'models'")
         routes.sort(key=lambda route: route.name != default)  # stable: the default first, the rest in order
-    return ModelList(tuple(routes))
+    return ModelList(tuple(routes), budgets)
+
+
+def _budgets(entries: Any, source: str) -> tuple[Budget, ...]:
+    if not isinstance(entries, dict):
+        raise ValueError(f"{source}: 'budgets' must map each key holder to per_day or per_month (US dollars)")
+    budgets = []
+    for holder, spec in entries.items():
+        where = f"{source}: the budget of {holder!r}"
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("per_day", "per_month"):
+            raise ValueError(f"{where}: give one of per_day or per_month, in US dollars")
+        (period, limit), *_ = spec.items()
+        if not isinstance(limit, int | float) or isinstance(limit, bool):
+            raise ValueError(f"{where}: {period} must be a number of US dollars")
+        budgets.append(Budget(str(holder), float(limit), "day" if period == "per_day" else "month"))
+    return tuple(budgets)
 
 
 def _route(name: str, spec: Any, environ: Mapping[str, str], source: str) -> ModelRoute:

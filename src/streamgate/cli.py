@@ -266,15 +266,17 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     from streamgate.rpc.server import CoreServerConfig
 
     routes: tuple[Any, ...] = ()
+    budgets: tuple[Any, ...] = ()
     model = args.model
     if args.config:
         from streamgate.core.models import load_model_list
 
         models = load_model_list(args.config)
-        routes, model = models.routes, model or models.default
+        routes, budgets, model = models.routes, models.budgets, model or models.default
     config = LiteLLMConfig(
         model=model or DEFAULT_MODEL,
         routes=routes,
+        budgets=budgets,
         api_base=args.api_base,
         api_key=args.upstream_api_key,
         max_concurrent_streams=args.max_concurrent_streams,

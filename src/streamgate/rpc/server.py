@@ -112,6 +112,12 @@ class CoreServer:
         )
         await self.gateway.provider.warm_up()
         self.gateway.ledger = await open_ledger(sc.ledger, sc.data_dir)
+        await self.gateway.budgets.load(self.gateway.ledger)  # the ledger is the truth: a restart forgets nothing
+        if self.gateway.budgets and sc.ledger == "off":
+            logger.warning("budgets are counted in memory only: with --ledger off, a restart forgets what was spent")
+        unknown = [h for h in self.gateway.budgets.holders if h not in {name for name, _ in sc.keyring.keys}]
+        if unknown:
+            logger.warning("budgets name key holders that no API key has (they never apply): %s", ", ".join(unknown))
         self.port = server.add_insecure_port(f"{sc.host}:{sc.grpc_port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {sc.host}:{sc.grpc_port}")
