@@ -8,6 +8,12 @@ leaves (after `stop_after` tokens, or when released, for streams held open). Eve
 its time to first chunk and the gaps between chunks as the client sees them, and counts the chunks
 and the tokens in them (a gateway may send several tokens in one chunk).
 
+A closed-loop job (`loop_s`) keeps `streams` client slots busy: each slot opens a new stream as
+soon as its last one ended, each asking for a length drawn from `lengths`, until `loop_s` after the
+start; the streams still open then are dropped (not errors). Only what falls in its `window` is
+recorded (first tokens of the streams started in it, gaps and tokens of the chunks that arrive in
+it, the worker's CPU over it), so the ramp and the end are left out.
+
 `ClientPool` keeps worker processes (spawned once, each with its own event loop) and splits a job
 between them; each worker reports its own CPU time so the reader sees whether the client was the
 bottleneck.
@@ -21,6 +27,7 @@ import gc
 import json
 import math
 import multiprocessing as mp
+import random
 import resource
 import signal
 import time
@@ -76,6 +83,19 @@ class Job:
     #: This worker's share: streams first, first + stride, ...
     first: int = 0
     stride: int = 1
+    #: Closed loop: each of the `streams` slots opens a new stream as soon as its last one ended, until
+    #: this many seconds after `start_at`; the streams still open then are dropped, not counted as
+    #: errors. 0: each slot opens one stream.
+    loop_s: float = 0.0
+    #: Each stream asks for a number of tokens drawn uniformly from this range (both ends included), and
+    #: must get exactly that many (`max_tokens` and `expect_tokens` are then unused).
+    lengths: tuple[int, int] | None = None
+    #: Seconds after `start_at` (from, to): only first tokens of streams started within it, and gaps and
+    #: tokens of chunks that arrive within it, are recorded (`window_*` of the result); the worker's
+    #: CPU is read at its ends. None: everything is recorded.
+    window: tuple[float, float] | None = None
+    #: Seeds the lengths drawn (each slot draws from its own generator: the same job asks the same).
+    seed: int = 0
 
 
 @dataclass
@@ -93,6 +113,15 @@ class Result:
     last_end: float = 0.0
     #: The client's own CPU seconds (all workers).
     cpu_s: float = 0.0
+    #: Streams that ended with their final event (of those started), and streams dropped open at the
+    #: end of a closed loop.
+    completed: int = 0
+    dropped: int = 0
+    #: Tokens and chunks that arrived within the job's window (all of them without one), and the
+    #: client's CPU seconds over it (summed over workers; 0 without a window).
+    window_tokens: int = 0
+    window_chunks: int = 0
+    window_cpu_s: float = 0.0
 
     @property
     def wall_s(self) -> float:
@@ -116,6 +145,11 @@ class Result:
             first_start=min(self.first_start, other.first_start),
             last_end=max(self.last_end, other.last_end),
             cpu_s=self.cpu_s + other.cpu_s,
+            completed=self.completed + other.completed,
+            dropped=self.dropped + other.dropped,
+            window_tokens=self.window_tokens + other.window_tokens,
+            window_chunks=self.window_chunks + other.window_chunks,
+            window_cpu_s=self.window_cpu_s + other.window_cpu_s,
         )
 
 
@@ -127,14 +161,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
+#: Seconds a closed-loop slot waits after a failed stream before it opens the next.
+FAILED_PAUSE_S = 0.1
+#: A window that holds every moment: everything is recorded.
+ALWAYS = (-math.inf, math.inf)
+
+
 class Recorder:
-    """One stream's timings, written into the worker's `Result`."""
+    """One stream's timings, written into the worker's `Result` (within `window`, perf_counter times)."""
 
-    __slots__ = ("chunks", "last", "result", "stop_after", "t0", "tokens")
+    __slots__ = ("chunks", "hi", "last", "lo", "max_tokens", "result", "stop_after", "t0", "tokens")
 
-    def __init__(self, result: Result, stop_after: int | None) -> None:
+    def __init__(
+        self,
+        result: Result,
+        stop_after: int | None,
+        max_tokens: int | None = None,
+        window: tuple[float, float] = ALWAYS,
+    ) -> None:
         self.result = result
         self.stop_after = stop_after
+        self.max_tokens = max_tokens
+        self.lo, self.hi = window
         self.t0 = time.perf_counter()
         self.last = 0.0
         self.chunks = 0
@@ -142,13 +190,18 @@ class Recorder:
 
     def chunk(self, now: float, content: str) -> bool:
         """Record a chunk; True when the client leaves now."""
-        if self.chunks:
-            self.result.gaps.append(now - self.last)
-        else:
-            self.result.ttfts.append(now - self.t0)
+        n = tokens_in(content, first=not self.tokens)
+        if self.lo <= now < self.hi:
+            result = self.result
+            if self.chunks:
+                result.gaps.append(now - self.last)
+            elif self.lo <= self.t0:
+                result.ttfts.append(now - self.t0)
+            result.window_tokens += n
+            result.window_chunks += 1
         self.last = now
         self.chunks += 1
-        self.tokens += tokens_in(content, first=not self.tokens)
+        self.tokens += n
         return self.stop_after is not None and self.tokens >= self.stop_after
 
 
@@ -198,8 +251,8 @@ class SseTransport:
 
     async def stream(self, job: Job, rec: Recorder, opened: Callable[[], None]) -> str:
         body = dict(self.target.body)
-        if job.max_tokens:
-            body["max_tokens"] = job.max_tokens
+        if rec.max_tokens:
+            body["max_tokens"] = rec.max_tokens
         async with self.session.post(self.target.address, json=body, headers=dict(self.target.headers)) as response:
             if response.status != 200:
                 raise StreamFailed(f"HTTP {response.status}: {(await response.text())[:200]}")
@@ -226,7 +279,7 @@ class GrpcTransport:
         self.stub = stub
 
     async def stream(self, job: Job, rec: Recorder, opened: Callable[[], None]) -> str:
-        parameters = pb.GenerationParameters(max_tokens=job.max_tokens) if job.max_tokens else None
+        parameters = pb.GenerationParameters(max_tokens=rec.max_tokens) if rec.max_tokens else None
         call = self.stub.Generate(pb.GenerateRequest(query="go", parameters=parameters), timeout=job.timeout_s)
         try:
             await call.initial_metadata()
@@ -280,9 +333,38 @@ async def _released(state: WorkerState, limit_s: float) -> None:
 
 async def _one(transport: Transport, job: Job, index: int, result: Result, state: WorkerState, release: Any) -> None:
     await asyncio.sleep(max(0.0, job.start_at + job.ramp_s * index / job.streams - time.time()))
+    await _stream(transport, job, Recorder(result, job.stop_after, job.max_tokens), job.expect_tokens, state, release)
+
+
+def _window(job: Job) -> tuple[float, float]:
+    """The job's window in this process's perf_counter time."""
+    if job.window is None:
+        return ALWAYS
+    offset = time.perf_counter() - time.time()
+    return job.start_at + job.window[0] + offset, job.start_at + job.window[1] + offset
+
+
+async def _slot(transport: Transport, job: Job, index: int, result: Result, state: WorkerState, release: Any) -> None:
+    """A closed-loop client: a new stream as soon as the last one ended, until the loop's end."""
+    assert job.lengths is not None
+    lengths = random.Random(job.seed * 1_000_003 + index)
+    window = _window(job)
+    end = job.start_at + job.loop_s
+    await asyncio.sleep(max(0.0, job.start_at + job.ramp_s * index / job.streams - time.time()))
+    while time.time() < end:
+        tokens = lengths.randint(*job.lengths)
+        errors = result.errors
+        await _stream(transport, job, Recorder(result, job.stop_after, tokens, window), tokens, state, release)
+        if result.errors > errors:
+            await asyncio.sleep(FAILED_PAUSE_S)  # a failure may be at once: no busy loop of refusals
+
+
+async def _stream(
+    transport: Transport, job: Job, rec: Recorder, expect: int | None, state: WorkerState, release: Any
+) -> None:
+    result = rec.result
     result.streams += 1
     result.first_start = min(result.first_start, time.time())
-    rec = Recorder(result, job.stop_after)
     counted = False
 
     def opened() -> None:
@@ -296,14 +378,19 @@ async def _one(transport: Transport, job: Job, index: int, result: Result, state
         await asyncio.wait(waiting, timeout=job.timeout_s, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             outcome = task.result()
-            if outcome == DONE and job.expect_tokens is not None and rec.tokens != job.expect_tokens:
-                result.error(f"{rec.tokens} tokens, expected {job.expect_tokens}")
+            if outcome == DONE:
+                result.completed += 1
+                if expect is not None and rec.tokens != expect:
+                    result.error(f"{rec.tokens} tokens, expected {expect}")
         elif job.hold and release.done():
             outcome = HELD
         else:
             result.error(f"no end within {job.timeout_s:.0f} s ({rec.tokens} tokens)")
     except Exception as exc:  # any failure of one stream is counted, and the others go on
         result.error(f"{type(exc).__name__}: {exc}")
+    except asyncio.CancelledError:
+        result.dropped += 1  # the end of a closed loop: dropped open, not an error
+        raise
     finally:
         if not task.done():
             task.cancel()
@@ -331,16 +418,49 @@ async def run_job(job: Job, state: WorkerState) -> Result:
     gc.collect()
     gc.freeze()
     cpu = _own_cpu()
+    window_cpu = asyncio.ensure_future(_window_cpu(job)) if job.window is not None else None
     try:
         async with open_transport(job.target) as transport:
-            await asyncio.gather(
-                *(_one(transport, job, i, result, state, release) for i in range(job.first, job.streams, job.stride))
-            )
+            if job.loop_s:
+                await _closed_loop(transport, job, result, state, release)
+            else:
+                shares = range(job.first, job.streams, job.stride)
+                await asyncio.gather(*(_one(transport, job, i, result, state, release) for i in shares))
+        if window_cpu is not None:
+            result.window_cpu_s = await window_cpu
     finally:
+        if window_cpu is not None:
+            window_cpu.cancel()
         gc.unfreeze()
     release.cancel()
     result.cpu_s = _own_cpu() - cpu
     return result
+
+
+async def _closed_loop(transport: Transport, job: Job, result: Result, state: WorkerState, release: Any) -> None:
+    """This worker's slots until the loop's end; then the streams still open are dropped."""
+    slots = [
+        asyncio.ensure_future(_slot(transport, job, i, result, state, release))
+        for i in range(job.first, job.streams, job.stride)
+    ]
+    try:
+        await asyncio.wait(slots, timeout=max(0.0, job.start_at + job.loop_s - time.time()))
+    finally:
+        for slot in slots:
+            slot.cancel()
+        await asyncio.gather(*slots, return_exceptions=True)
+    for slot in slots:  # a slot that failed outside its streams (a bug here) must not pass unseen
+        if not slot.cancelled() and (exc := slot.exception()) is not None:
+            result.error(f"client slot failed: {type(exc).__name__}: {exc}")
+
+
+async def _window_cpu(job: Job) -> float:
+    """This worker's CPU seconds over the job's window."""
+    assert job.window is not None
+    await asyncio.sleep(max(0.0, job.start_at + job.window[0] - time.time()))
+    cpu = _own_cpu()
+    await asyncio.sleep(max(0.0, job.start_at + job.window[1] - time.time()))
+    return _own_cpu() - cpu
 
 
 def worker_main(conn: Connection, opened: Synchronized[int], release: MpEvent) -> None:
@@ -395,11 +515,12 @@ class ClientPool:
         self._release.set()
 
     async def run(self, job: Job, per_worker: int = 200, lead_s: float = 0.5) -> Result:
-        """Run `job` on ceil(streams / per_worker) workers (at most all), starting `lead_s` from now."""
+        """Run `job` on ceil(streams / per_worker) workers (at most all), starting `lead_s` from now
+        (or at the job's own `start_at`, when it has one)."""
         count = max(1, min(self.size, math.ceil(job.streams / per_worker)))
         self._release.clear()
-        start_at = time.time() + lead_s
-        limit = lead_s + job.ramp_s + job.timeout_s + 30
+        start_at = job.start_at or time.time() + lead_s
+        limit = max(0.0, start_at - time.time()) + job.ramp_s + job.loop_s + job.timeout_s + 30
         workers = self._workers[:count]
         for k, worker in enumerate(workers):
             worker.conn.send(replace(job, start_at=start_at, first=k, stride=count))

@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TypeVar
 
-from benchmarks.shapes import KIB, Cpu, Leave, Memory, PacedStep, Settings, Throughput
+from benchmarks.shapes import KIB, MIB, Cpu, Leave, Memory, PacedStep, Settings, SteadyStep, Throughput
 from benchmarks.systems import ALL, LITELLM_PROXY, STREAMGATE, System
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -28,6 +28,9 @@ class SystemResults:
     paced: list[PacedStep] = field(default_factory=list)
     memory: Memory | None = None
     leave: Leave | None = None
+    steady: list[SteadyStep] = field(default_factory=list)
+    #: Resident bytes of each server process, started afresh and idle (before any stream).
+    started_rss: dict[str, int] | None = None
     #: Why a system, or a shape of it, has no figures.
     problems: list[str] = field(default_factory=list)
     uses_upstream: bool = True
@@ -41,6 +44,15 @@ class SystemResults:
     def step(self, streams: int) -> PacedStep | None:
         return next((step for step in self.paced if step.streams == streams), None)
 
+    def steady_step(self, streams: int) -> SteadyStep | None:
+        return next((step for step in self.steady if step.streams == streams), None)
+
+    def steady_held(self, s: Settings) -> tuple[int, int | None]:
+        """The highest steady concurrency held, and the lowest above it not held (None: none failed)."""
+        held = max((step.streams for step in self.steady if step.held(s.gap_limit_s)), default=0)
+        failed = [step.streams for step in self.steady if step.streams > held and not step.held(s.gap_limit_s)]
+        return held, min(failed, default=None)
+
 
 @dataclass
 class Run:
@@ -49,6 +61,8 @@ class Run:
     results: dict[str, SystemResults]
     #: The upstream read directly at each paced step: its own time to first token.
     baseline: dict[int, PacedStep] = field(default_factory=dict)
+    #: The steady shape read straight from the upstream at each step (the raw chain).
+    steady_baseline: dict[int, SteadyStep] = field(default_factory=dict)
     #: Systems not run at all, and why.
     unavailable: dict[str, str] = field(default_factory=dict)
     #: What went wrong outside any one system (the upstream's own measurements).
@@ -212,6 +226,94 @@ def _paced_rows(table: Table, run: Run) -> None:
         table.row(f"paced ×{streams}: server CPU µs/token; chunks received per token", step, lambda f: _per_token(f[0]))
 
 
+def _steady_gap(step: SteadyStep) -> Cell:
+    p50, p99 = step.gap_ms
+    return Cell(f"{num(p50)} / {num(p99)}, {step.result.errors} err", p99)
+
+
+def _steady_ttft(step: SteadyStep) -> Cell:
+    p50, p99 = step.added_ttft_ms
+    return Cell(f"{num(p50)} / {num(p99)}", p99)
+
+
+def _steady_per_token(step: SteadyStep) -> Cell:
+    us = step.server_us_per_token
+    if math.isnan(us):
+        return Cell(DASH)
+    return Cell(f"{num(us)}; {step.result.window_chunks / max(step.result.window_tokens, 1):.2f}", us)
+
+
+def _steady_streams(step: SteadyStep) -> Cell:
+    result = step.result
+    return Cell(f"{result.completed} ({result.dropped})", result.completed)
+
+
+def steady_title(s: Settings) -> str:
+    lo, hi = s.steady_lengths
+    return (
+        f"steady streams (closed loop: N clients, each opens a new stream when its own ends; first token after "
+        f"{s.steady_first_token_delay * 1e3:.0f} ms, {lo}-{hi} tokens {s.pace_s * 1e3:.0f} ms apart; "
+        f"{s.steady_ramp_s:.0f} s ramp, {s.steady_run_s:.0f} s measured; 2 client processes)"
+    )
+
+
+def _steady_rows(table: Table, run: Run) -> None:
+    s = run.settings
+    limit_ms = s.gap_limit_s * 1e3
+    own = ""
+    if run.steady_baseline:
+        held = [n for n, step in run.steady_baseline.items() if step.held(s.gap_limit_s)]
+        tried = ", ".join(map(str, run.steady_baseline))
+        own = f"; straight to the upstream: {max(held) if held else 0} held (of {tried})"
+    table.row(
+        f"**{steady_title(s)}**: highest concurrency held (p99 gap < {limit_ms:.0f} ms, no errors){own}",
+        lambda r: _steady_held(r, s),
+        lambda cell: cell,
+    )
+    measured = sorted({step.streams for r in run.results.values() for step in r.steady} | set(s.steady_steps))
+    for streams in measured:
+        base = run.steady_baseline.get(streams)
+
+        def step(r: SystemResults, n: int = streams) -> SteadyStep | None:
+            return r.steady_step(n)
+
+        gap = ttft = cpu = ""
+        if base is not None:
+            gap = f"; straight to the upstream: {_steady_gap(base).text}"
+            ttft = f"; straight to the upstream: {_steady_ttft(base).text}"
+            if base.cpu is not None:
+                cpu = f"; straight to the upstream: client {num(base.cpu.cores(base.cpu.client))}"
+                cpu += f", upstream {num(base.cpu.cores(base.cpu.upstream))}"
+        delay_ms = s.steady_first_token_delay * 1e3
+        table.row(f"steady ×{streams}: inter-chunk gap p50 / p99 ms, errors{gap}", step, _steady_gap)
+        table.row(
+            f"steady ×{streams}: added TTFT p50 / p99 ms (over the upstream's {delay_ms:.0f}){ttft}", step, _steady_ttft
+        )
+        table.row(f"steady ×{streams}: server CPU µs/token; chunks received per token", step, _steady_per_token)
+        table.row(
+            f"steady ×{streams}: CPU busy, cores: server / client / upstream{cpu}",
+            step,
+            lambda found: cores(found.cpu) if found.cpu else Cell(DASH),
+        )
+        table.row(f"steady ×{streams}: streams completed (dropped open at the end)", step, _steady_streams)
+
+
+def _steady_held(results: SystemResults, s: Settings) -> Cell | None:
+    if not results.steady:
+        return None
+    held, failed = results.steady_held(s)
+    return Cell(f"≥ {held}" if failed is None else f"{held} (not {failed})", held)
+
+
+def _started_rows(table: Table) -> None:
+    def cell(rss: dict[str, int]) -> Cell:
+        total = sum(rss.values())
+        parts = " + ".join(f"{name} {value / MIB:.0f}" for name, value in rss.items())
+        return Cell(f"{total / MIB:.0f}" + (f" ({parts})" if len(rss) > 1 else ""), total / MIB)
+
+    table.row("**started afresh, idle**: server RSS MiB", lambda r: r.started_rss, cell)
+
+
 def _memory_rows(table: Table, s: Settings) -> None:
     def pick(r: SystemResults) -> Memory | None:
         return r.memory
@@ -259,6 +361,8 @@ def build_table(run: Run) -> Table:
     concurrent = f"{s.concurrent_streams} unpaced streams ({s.concurrent_tokens} tokens each)"
     _throughput_rows(table, concurrent, lambda r: r.concurrent)
     _paced_rows(table, run)
+    _steady_rows(table, run)
+    _started_rows(table)
     _memory_rows(table, s)
     _leave_rows(table, s)
     return table
@@ -338,11 +442,58 @@ def targets(run: Run) -> list[str]:
     ]
 
 
+def _steady_targets(run: Run) -> list[str]:
+    """Issue 17's targets on the steady shape, each with its figures and met / not met."""
+    s = run.settings
+    ours = run.results.get(STREAMGATE.key, SystemResults())
+    proxy = run.results.get(LITELLM_PROXY.key)
+    lines = []
+    if not ours.steady:
+        lines.append("- steady streams held ≥ 400 and ≥ 10× the proxy: not measured → not evaluable")
+    else:
+        held, failed = ours.steady_held(s)
+        bound = " (every step held: a lower bound)" if failed is None else f" (not {failed})"
+        if proxy is None or not proxy.steady:
+            versus, tenfold = "the proxy not measured", None
+        else:
+            p_held, p_failed = proxy.steady_held(s)
+            ceiling = math.inf if p_failed is None else p_failed
+            tenfold = True if held >= 10 * ceiling else False if held < 10 * p_held else None
+            versus = f"the proxy held {p_held}" + ("" if p_failed is None else f" (not {p_failed})")
+        ok = False if held < 400 else tenfold
+        lines.append(
+            f"- steady streams held ≥ 400 and ≥ 10× the proxy: streamgate held {held}{bound}; {versus} → {_verdict(ok)}"
+        )
+    step = ours.steady_step(200)
+    if step is None:
+        lines.append("- steady ×200: added TTFT p99 < 25 ms: not measured → not evaluable")
+        lines.append("- steady ×200: server CPU per token ≤ 120 µs: not measured → not evaluable")
+    else:
+        p99 = step.added_ttft_ms[1]
+        ok = None if math.isnan(p99) else p99 < 25 and step.result.errors == 0
+        errors = f"{step.result.errors} errors"
+        lines.append(f"- steady ×200: added TTFT p99 < 25 ms: {num(p99)} ms ({errors}) → {_verdict(ok)}")
+        us = step.server_us_per_token
+        ok = None if math.isnan(us) else us <= 120
+        lines.append(f"- steady ×200: server CPU per token ≤ 120 µs: {num(us)} µs → {_verdict(ok)}")
+    rss = ours.started_rss
+    if rss is None:
+        lines.append("- idle resident memory, core + bridge < 250 MiB: not measured → not evaluable")
+    else:
+        total = sum(rss.values()) / MIB
+        parts = ", ".join(f"{name} {value / MIB:.0f}" for name, value in rss.items())
+        lines.append(
+            f"- idle resident memory, core + bridge < 250 MiB: {total:.0f} MiB ({parts}) → {_verdict(total < 250)}"
+        )
+    return lines
+
+
 def _error_samples(results: SystemResults) -> list[tuple[str, list[str]]]:
     found: list[tuple[str, list[str] | None]] = [
         ("1 stream", results.single.error_samples if results.single else None),
         ("concurrent", results.concurrent.error_samples if results.concurrent else None),
         *((f"paced ×{step.streams}", step.result.error_samples) for step in results.paced),
+        *((f"steady ×{step.streams}", step.result.error_samples) for step in results.steady),
         ("clients leave", results.leave.error_samples if results.leave else None),
     ]
     return [(name, samples) for name, samples in found if samples]
@@ -406,6 +557,8 @@ def render(run: Run) -> str:
         "",
         *targets(run),
     ]
+    if any(r.steady or r.started_rss for r in run.results.values()):
+        parts += ["", "## Targets (issue 17, steady shape)", "", *_steady_targets(run)]
     if extra := notes(run):
         parts += ["", "## Notes", "", *extra]
     return "\n".join(parts) + "\n"

@@ -40,6 +40,8 @@ from benchmarks.shapes import Settings, log
 from benchmarks.systems import ALL, LITELLM_PROXY, Deployment, Pace, System, Upstream, start_upstream
 
 T = TypeVar("T")
+#: Seconds freshly started systems are left alone before their idle resident memory is read.
+STARTED_SETTLE_S = 2.0
 
 
 def one_line(exc: BaseException) -> str:
@@ -224,6 +226,41 @@ async def _refine(bench: Bench, key: str, deployment: Deployment, upstream: Upst
             failed = middle
 
 
+async def _steady_step(bench: Bench, key: str, deployment: Deployment, upstream: Upstream, streams: int) -> None:
+    step = await bench.guarded(
+        key, f"steady ×{streams}", shapes.steady_step(deployment, upstream, bench.pool, streams, bench.settings)
+    )
+    if step is not None:
+        bench.results(key).steady.append(step)
+        bench.say(f"{key} steady ×{streams}: {shapes.describe_steady(step)}")
+
+
+async def steady(bench: Bench, env: Environment) -> None:
+    """Streams that keep opening and closing (issue 17): at each step, the upstream read directly,
+    then every system; the LiteLLM proxy at its own, lower steps. On fresh processes, whose resident
+    memory is read first, idle."""
+    s = bench.settings
+    pace = Pace(tokens=s.steady_lengths[1], delay=s.pace_s, first_token_delay=s.steady_first_token_delay)
+    upstream, deployments = await env.use(pace, fresh=True)
+    await asyncio.sleep(STARTED_SETTLE_S)
+    for key, deployment in deployments.items():
+        bench.results(key).started_rss = deployment.rss()
+    for streams in s.steady_steps:
+        try:
+            baseline = await shapes.steady_step(None, upstream, bench.pool, streams, s)
+        except Exception as exc:
+            bench.run.problems.append(f"the upstream alone, steady ×{streams}, failed: {one_line(exc)}")
+        else:
+            bench.run.steady_baseline[streams] = baseline
+            bench.say(f"upstream alone steady ×{streams}: {shapes.describe_steady(baseline)}")
+        for key, deployment in deployments.items():
+            if key != LITELLM_PROXY.key:
+                await _steady_step(bench, key, deployment, upstream, streams)
+    if proxy := deployments.get(LITELLM_PROXY.key):
+        for streams in s.steady_peer_steps:
+            await _steady_step(bench, LITELLM_PROXY.key, proxy, upstream, streams)
+
+
 def _systems(args: argparse.Namespace, run: Run) -> list[System]:
     chosen = [system for system in ALL if system.key in args.systems.split(",")]
     if LITELLM_PROXY in chosen:
@@ -237,7 +274,7 @@ def _systems(args: argparse.Namespace, run: Run) -> list[System]:
     return chosen
 
 
-PHASES = {"unpaced": unpaced, "paced": paced, "idle": idle}
+PHASES = {"unpaced": unpaced, "paced": paced, "steady": steady, "idle": idle}
 
 
 async def bench_all(settings: Settings, systems: list[System], run: Run, phases: list[str]) -> None:
@@ -277,6 +314,9 @@ def main() -> int:
     parser.add_argument(
         "--paced-steps", help="comma-separated paced concurrencies to try, e.g. 300,400,500 (default: the mode's)"
     )
+    parser.add_argument(
+        "--steady-steps", help="comma-separated steady concurrencies to try, e.g. 200,300,400 (default: the mode's)"
+    )
     parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
     args = parser.parse_args()
     phases = args.phases.split(",")
@@ -288,7 +328,9 @@ def main() -> int:
     settings = shapes.QUICK if args.quick else shapes.FULL
     if args.paced_steps:
         settings = dataclasses.replace(settings, paced_steps=tuple(int(n) for n in args.paced_steps.split(",")))
-    if args.paced_steps or phases != list(PHASES):
+    if args.steady_steps:
+        settings = dataclasses.replace(settings, steady_steps=tuple(int(n) for n in args.steady_steps.split(",")))
+    if args.paced_steps or args.steady_steps or phases != list(PHASES):
         args.no_save = True  # a partial run is not the suite's result
         mode += " (partial)"
     run = Run(settings, mode, {})

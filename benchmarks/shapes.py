@@ -14,11 +14,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from benchmarks.load import ClientPool, Job, Result, Target, percentile
 from benchmarks.systems import Deployment, Upstream
 
 KIB = 1024
+MIB = KIB * KIB
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -44,6 +47,17 @@ class Settings:
     leave_after: int = 10
     #: Seconds to wait for the upstream to go idle after the clients left.
     leave_patience_s: float = 20.0
+    #: Steady streams (issue 17): N closed-loop client slots, each opening a new stream as soon as
+    #: its last one ended; the slots start spread over `steady_ramp_s`, then `steady_run_s` is measured.
+    steady_steps: tuple[int, ...] = (200, 300, 400)
+    #: The LiteLLM proxy's steps (it holds about a tenth of streamgate's: the same steps would only
+    #: measure its collapse, at the cost of the machine's other work).
+    steady_peer_steps: tuple[int, ...] = (20, 40)
+    steady_ramp_s: float = 5.0
+    steady_run_s: float = 15.0
+    #: Tokens per stream, drawn uniformly (both ends included) for each stream.
+    steady_lengths: tuple[int, int] = (50, 150)
+    steady_first_token_delay: float = 0.2
 
     @property
     def gap_limit_s(self) -> float:
@@ -52,7 +66,17 @@ class Settings:
 
 FULL = Settings()
 #: About 2 minutes: fewer repetitions, steps and streams, and shorter streams.
-QUICK = Settings(single_reps=3, concurrent_tokens=100, paced_tokens=60, paced_steps=(100, 400), idle_streams=200)
+QUICK = Settings(
+    single_reps=3,
+    concurrent_tokens=100,
+    paced_tokens=60,
+    paced_steps=(100, 400),
+    idle_streams=200,
+    steady_steps=(200, 400),
+    steady_peer_steps=(20,),
+    steady_ramp_s=2.0,
+    steady_run_s=6.0,
+)
 
 
 @dataclass
@@ -360,4 +384,107 @@ async def clients_leave(deployment: Deployment, upstream: Upstream, pool: Client
         started_after=started - poller.started_by(left_at, started0),
         upstream_requests=started - started0,
         idle_after_s=poller.idle_since(left_at),
+    )
+
+
+@dataclass
+class SteadyStep:
+    """Streams that keep opening and closing: `streams` closed-loop client slots, measured over a window.
+
+    Gaps and tokens are those of chunks that arrived in the window; time to first token, that of
+    the streams started in it; the server's and the upstream's CPU are read at the window's ends.
+    """
+
+    streams: int
+    result: Result
+    #: The upstream's own delay before a stream's first token: TTFT beyond it is what the path added.
+    first_token_delay: float
+    window_s: float
+    cpu: Cpu | None = None
+
+    @property
+    def gap_ms(self) -> tuple[float, float]:
+        return percentile(self.result.gaps, 50) * 1e3, percentile(self.result.gaps, 99) * 1e3
+
+    @property
+    def added_ttft_ms(self) -> tuple[float, float]:
+        """Time to first token over the upstream's own delay (p50, p99)."""
+        delay = self.first_token_delay * 1e3
+        ttfts = self.result.ttfts
+        return percentile(ttfts, 50) * 1e3 - delay, percentile(ttfts, 99) * 1e3 - delay
+
+    @property
+    def server_us_per_token(self) -> float:
+        if self.cpu is None or not self.result.window_tokens:
+            return math.nan
+        return self.cpu.server_total * 1e6 / self.result.window_tokens
+
+    def held(self, gap_limit_s: float) -> bool:
+        return self.result.errors == 0 and bool(self.result.gaps) and self.gap_ms[1] < gap_limit_s * 1e3
+
+
+def steady_job(target: Target, streams: int, s: Settings, start_at: float) -> Job:
+    window = (s.steady_ramp_s, s.steady_ramp_s + s.steady_run_s)
+    longest = s.steady_first_token_delay + s.steady_lengths[1] * s.pace_s
+    return Job(
+        target,
+        streams,
+        start_at=start_at,
+        ramp_s=s.steady_ramp_s,
+        loop_s=window[1],
+        lengths=s.steady_lengths,
+        window=window,
+        timeout_s=max(30.0, 4 * longest),
+    )
+
+
+async def _at(moment: float, read: Callable[[], T]) -> T:
+    """`read()` at wall-clock time `moment` (time.time())."""
+    await asyncio.sleep(max(0.0, moment - time.time()))
+    return read()
+
+
+async def steady_step(
+    deployment: Deployment | None, upstream: Upstream, pool: ClientPool, streams: int, s: Settings
+) -> SteadyStep:
+    """`streams` closed-loop slots through `deployment` (None: straight to the upstream), two client
+    workers; the servers' and the upstream's CPU over the measured window."""
+    await wait_upstream_idle(upstream)
+    await asyncio.sleep(0.3)
+    target = upstream.target if deployment is None else deployment.target
+    start_at = time.time() + 0.5
+    job = steady_job(target, streams, s, start_at)
+    assert job.window is not None
+    per_worker = math.ceil(streams / 2)  # two client processes
+
+    def read() -> tuple[dict[str, float], float]:
+        return (deployment.cpu() if deployment is not None else {}), upstream.server.cpu()
+
+    first = asyncio.ensure_future(_at(start_at + job.window[0], read))
+    last = asyncio.ensure_future(_at(start_at + job.window[1], read))
+    try:
+        result = await pool.run(job, per_worker=per_worker)
+        (server0, upstream0), (server1, upstream1) = await first, await last
+    finally:
+        first.cancel()
+        last.cancel()
+    window_s = job.window[1] - job.window[0]
+    cpu = Cpu(
+        server={name: server1[name] - server0[name] for name in server0},
+        upstream=upstream1 - upstream0,
+        client=result.window_cpu_s,
+        wall_s=window_s,
+    )
+    return SteadyStep(streams, result, s.steady_first_token_delay, window_s, cpu)
+
+
+def describe_steady(step: SteadyStep) -> str:
+    """One progress line for a steady step."""
+    p50, p99 = step.gap_ms
+    added = step.added_ttft_ms[1]
+    result = step.result
+    return (
+        f"gap p50 {p50:.1f} / p99 {p99:.1f} ms, added TTFT p99 {added:.1f} ms, "
+        f"server {step.server_us_per_token:.0f} µs/token, {result.completed} completed, "
+        f"{result.errors} errors{': ' + result.error_samples[0] if result.error_samples else ''}"
     )
