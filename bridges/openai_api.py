@@ -320,7 +320,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         metrics.outcomes.labels(TRANSPORT, "413").inc()
         limit = state.config.max_body_bytes
         return error_response(invalid(f"the body is larger than the limit of {limit} bytes"), status=413)
-    model = generate.model or "default"
+    model = core.model or generate.model or "default"  # the model that answers, as OpenAI reports it
     if not stream:
         return await _whole(request, core, model)
     return await _stream(request, core, model, include_usage)

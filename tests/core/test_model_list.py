@@ -165,6 +165,8 @@ async def test_a_config_with_two_models_serves_both_by_name_and_refuses_a_third(
     status, text, last = await _sse_answer(http, chat, {**ask, "model": "assistant"})
     assert status == 200 and text and last["model"] == "assistant"
     assert upstream.counters.started == 1  # the embedded model: no upstream
+    status, text, last = await _sse_answer(http, chat, ask)  # no model named: the default answers, and says so
+    assert status == 200 and text and last["model"] == "assistant"
 
     for third in ("openai/fake", "gpt-4o", "FAST"):
         status, _, body = await _sse_answer(http, chat, {**ask, "model": third})

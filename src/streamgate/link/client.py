@@ -94,6 +94,7 @@ class CoreStream:
         "_successor",
         "_waiter",
         "first_chunk",
+        "model",
         "request_id",
         "resumer",
         "started",
@@ -105,6 +106,8 @@ class CoreStream:
         self._link = link
         self.stream_id = stream_id
         self.request_id = ""
+        #: The model the core admitted the stream for (its default when the request named none).
+        self.model = ""
         self._admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._events: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -121,8 +124,9 @@ class CoreStream:
 
     # -- called by the link's reader --------------------------------------------------------------
 
-    def _admit(self, request_id: str) -> None:
+    def _admit(self, request_id: str, model: str = "") -> None:
         self.request_id = request_id
+        self.model = model
         if not self._admitted.done():
             self._admitted.set_result(None)
 
@@ -378,7 +382,7 @@ class _Link:
                     if kind == "event":
                         stream._event(event_from_proto(frame.event))
                     elif kind == "admitted":
-                        stream._admit(frame.admitted.request_id)
+                        stream._admit(frame.admitted.request_id, frame.admitted.model)
                     elif kind == "refused":
                         stream._refuse(error_from_proto(frame.refused))
                         del streams[frame.stream_id]

@@ -350,6 +350,13 @@ class RelaySession:
         stream = self._live[stream_id] = gateway.open(request)
         return stream.request.request_id, stream
 
+    def _model_of(self, stream_id: int) -> str:
+        live = self._live.get(stream_id)
+        if live is not None:
+            return live.model
+        replay = self._replays.get(stream_id)
+        return replay.stream.model if replay is not None and replay.stream is not None else ""
+
     async def _serve(self, stream_id: int, command: link_pb.RelayOpen | link_pb.RelayAttach) -> None:
         outbox = self._outbox
         place = _Stream(stream_id)
@@ -361,7 +368,7 @@ class RelaySession:
             except StreamError as error:
                 outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
                 return
-            admitted = link_pb.RelayAdmitted(request_id=request_id)
+            admitted = link_pb.RelayAdmitted(request_id=request_id, model=self._model_of(stream_id))
             outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, admitted=admitted), urgent=True)
             async with contextlib.aclosing(stream):  # type: ignore[type-var]  # both kinds have aclose()
                 async for event in stream:
