@@ -5,6 +5,7 @@ and model text shown as text."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Page
@@ -237,3 +238,27 @@ async def test_enter_sends_and_shift_enter_starts_a_new_line(
 
     assert upstream.counters.bodies[-1]["messages"] == [{"role": "user", "content": "line one\nline two"}]
     assert await page.input_value("#prompt") == ""
+
+
+async def test_the_page_shows_what_the_key_in_use_spent_today(
+    make_bridge: BridgeFactory, upstream: FakeUpstream, page: Page, tmp_path: Path
+) -> None:
+    keys = Keyring.from_lines([f"web: {KEY}", "other: other-key-0123456789"])
+    bridge = await make_bridge(
+        core_keyring=keys, core_ledger="sqlite", core_data_dir=str(tmp_path), core_model="openai/gpt-4o-mini"
+    )
+    upstream.default = Scenario(tokens=4)
+    await open_page(page, bridge.url, api_key=KEY)
+    await page.wait_for_function("() => document.getElementById('spend').textContent.startsWith('spent')")
+    assert await page.text_content("#spend") == "spent today: $0.000000 over 0 streams"
+    await ask(page, "hi", "sse")
+    await settled(page)
+    await page.wait_for_function("() => document.getElementById('spend').textContent.includes('over 1 stream')")
+    spent = await page.text_content("#spend") or ""
+    dollars = float(re.search(r"\$([0-9.]+)", spent).group(1))  # type: ignore[union-attr]
+    assert 0 < dollars < 0.001, spent  # the stream's cost, priced (gpt-4o-mini)
+    await screenshot(page, "chat-spend")
+
+    await page.fill("#api-key", "other-key-0123456789")  # another key: its own spend, not web's
+    await page.dispatch_event("#api-key", "change")
+    await page.wait_for_function("() => document.getElementById('spend').textContent.includes('over 0 streams')")
