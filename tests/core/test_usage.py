@@ -158,3 +158,21 @@ async def test_bad_usage_queries_are_answered_clearly(bridge: Any, http: aiohttp
         assert response.status == 400, body
         assert says in body["error"]["message"], body
         assert set(body["error"]) == {"message", "type", "param", "code"}  # OpenAI's envelope, as on every /v1 path
+
+
+async def test_a_shared_postgresql_ledger_serves_two_cores(
+    make_core: CoreFactory, upstream: FakeUpstream, postgres_dsn: str, tmp_path: Path
+) -> None:
+    """Two cores (two instances of the gateway) on one PostgreSQL: each writes its rows, either reads all."""
+    cores = [await make_core(model=PRICED, ledger=postgres_dsn, data_dir=str(tmp_path / f"core{i}")) for i in range(2)]
+    for core in cores:
+        async with grpc.aio.insecure_channel(core.address) as channel:
+            stub = pb_grpc.StreamGateServiceStub(channel)
+            assert (await collect(stub, pb.GenerateRequest(query="hi"))).code == grpc.StatusCode.OK
+    for core in cores:
+        await core.stop(grace=1)  # flushed on the way out
+    reader = await make_core(model=PRICED, ledger=postgres_dsn, data_dir=str(tmp_path / "reader"))
+    async with grpc.aio.insecure_channel(reader.address) as channel:
+        kept = await pb_grpc.StreamGateServiceStub(channel).GetUsage(pb.GetUsageRequest(group_by="model"))
+    assert [(g.group, g.streams) for g in kept.groups] == [(PRICED, 2)]
+    assert kept.groups[0].cost_usd > 0
