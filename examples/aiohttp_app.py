@@ -3,7 +3,7 @@
 .venv/bin/python examples/aiohttp_app.py          # the embedded model, on http://127.0.0.1:8080
 MODEL=openai/gpt-4o-mini OPENAI_API_KEY=... .venv/bin/python examples/aiohttp_app.py
 
-curl -N -X POST http://127.0.0.1:8080/stream -d '{"query": "Hello"}'
+curl -N -X POST http://127.0.0.1:8080/query/stream -d '{"query": "Hello"}'
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ async def cleanup(app: web.Application) -> None:
 
 def create_app() -> web.Application:
     app = web.Application()
-    app.router.add_post("/stream", stream)
+    app.router.add_post("/query/stream", stream)
     app.router.add_get("/ws", websocket)
     app.on_cleanup.append(cleanup)
     return app

@@ -3,7 +3,10 @@
 .venv/bin/pip install 'streamgate[fastapi]'     # scripts/setup already did
 .venv/bin/python examples/fastapi_app.py        # the embedded model, on http://127.0.0.1:8081
 
-curl -N -X POST http://127.0.0.1:8081/stream -H 'Content-Type: application/json' -d '{"query": "Hello"}'
+curl -N -X POST http://127.0.0.1:8081/query/stream -H 'Content-Type: application/json' -d '{"query": "Hello"}'
+
+The SSE endpoint is the streaming-handler documentation's, as written: `stream_sse` yields whole
+frames, and `EventSourceResponse` sends them unchanged (a plain `StreamingResponse` would too).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 
@@ -42,18 +44,15 @@ class QueryRequest(BaseModel):
     query: str
 
 
-@app.post("/stream")
-async def stream(request: QueryRequest) -> EventSourceResponse:
+@app.post("/query/stream")
+async def stream_query(request: QueryRequest) -> EventSourceResponse:
     messages = [{"role": "user", "content": request.query}]
-    # sse-starlette frames what it is given: hand it the payloads (`sse_events`), not whole frames.
-    return EventSourceResponse(handler.sse_events(messages))
 
+    async def generate_stream() -> AsyncIterator[str]:
+        async for chunk in handler.stream_sse(messages):
+            yield chunk
 
-@app.post("/stream/raw")
-async def stream_raw(request: QueryRequest) -> StreamingResponse:
-    messages = [{"role": "user", "content": request.query}]
-    # `stream_sse` yields whole frames, ready for a plain streaming response.
-    return StreamingResponse(handler.stream_sse(messages), media_type="text/event-stream")
+    return EventSourceResponse(generate_stream(), media_type="text/event-stream")
 
 
 @app.websocket("/ws")

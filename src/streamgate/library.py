@@ -3,6 +3,7 @@
     handler = StreamingHandler(LiteLLMProvider(LiteLLMConfig(model="gpt-4")), StreamFormat.SSE)
     async for frame in handler.stream_sse(messages):   # whole SSE frames, as the bridge sends them
         ...
+    EventSourceResponse(handler.stream_sse(messages))    # sse-starlette sends them unchanged (`SSEFrame`)
     await handler.stream_websocket(websocket, messages)  # aiohttp or Starlette/FastAPI WebSocket
 
 The same `Gateway` as the gRPC core does the work (limits, timeouts, metrics,
@@ -12,10 +13,12 @@ error mapping), and the same framing functions as the bridge make the frames.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import sys
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from streamgate.bridges import framing
 from streamgate.core import (
@@ -49,6 +52,31 @@ class StreamFormat(Enum):
 
 class HandlerClosedError(RuntimeError):
     """The handler was cleaned up; make a new one."""
+
+
+class SSEFrame(str):
+    """One whole SSE frame, `data: {...}\\n\\n`: a `str` that prints as the frame and is sent as it is.
+
+    A plain streaming response writes its text (Starlette's `StreamingResponse` encodes it, aiohttp
+    users write `frame.encode()`). sse-starlette's `EventSourceResponse` would frame a `str` again
+    (`data: data: {...}`), but sends a `ServerSentEvent` as its `encode()` gives it: while
+    sse-starlette is imported, the frames are `ServerSentEvent`s too, whose `encode()` is `str.encode`,
+    the frame's own bytes. So the documentation's `EventSourceResponse(generate_stream())` over
+    `stream_sse` puts each frame on the wire once, and streamgate never imports sse-starlette itself.
+    """
+
+    __slots__ = ()
+
+
+@functools.cache
+def _frame_type_with(base: type) -> type[SSEFrame]:
+    return cast(type[SSEFrame], type("SSEFrame", (SSEFrame, base), {"__slots__": (), "__module__": __name__}))
+
+
+def _frame_type() -> type[SSEFrame]:
+    """`SSEFrame`, also a `ServerSentEvent` once sse-starlette is imported (see `SSEFrame`)."""
+    base = getattr(sys.modules.get("sse_starlette.event"), "ServerSentEvent", None)
+    return _frame_type_with(base) if isinstance(base, type) else SSEFrame
 
 
 class _TextSocket(Protocol):
@@ -135,20 +163,26 @@ class StreamingHandler:
 
     async def stream_sse(
         self, messages: Messages, *, model: str | None = None, **parameters: Any
-    ) -> AsyncGenerator[str, None]:
-        """Whole SSE frames (`data: {...}\\n\\n`), ending with exactly one `is_final` frame."""
+    ) -> AsyncGenerator[SSEFrame, None]:
+        """Whole SSE frames (`data: {...}\\n\\n`), ending with exactly one `is_final` frame.
+
+        Each is an `SSEFrame`: a `str` that a plain streaming response writes as it is, and that
+        sse-starlette's `EventSourceResponse` sends as it is too (not framed a second time).
+        """
+        frame = _frame_type()
         events = self.stream(messages, model=model, **parameters)
         async with contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, Chunk):
-                    yield framing.sse_chunk(event.content).decode()
+                    yield frame(framing.sse_chunk(event.content).decode())
                 else:
-                    yield framing.sse_final(event).decode()
+                    yield frame(framing.sse_final(event).decode())
 
     async def sse_events(
         self, messages: Messages, *, model: str | None = None, **parameters: Any
     ) -> AsyncGenerator[dict[str, str], None]:
-        """The same frames as `{"data": json}` dicts, for sse-starlette's `EventSourceResponse`."""
+        """The same frames' payloads as `{"data": json}` dicts, for an `EventSourceResponse` of your own
+        events (sse-starlette frames each; `stream_sse` works there as well)."""
         async for frame in self.stream_sse(messages, model=model, **parameters):
             yield {"data": frame.removeprefix("data: ").removesuffix("\n\n")}
 
