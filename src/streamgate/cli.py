@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -419,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             _run(run_bridge(_bridge_config(args, args.core)), args.loop)
         elif args.command == "serve":
+            # The model library (litellm) takes about 10 s to import: say so before the wait.
+            logging.getLogger("streamgate.serve").info("starting: loading the model library (about 10 s)...")
             from streamgate.serve import serve
 
             _core_configs(args)  # validate before starting anything

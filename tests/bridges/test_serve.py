@@ -28,6 +28,10 @@ async def test_serve_streams_the_default_model_over_http_and_drains_on_sigterm()
     )
     assert process.stderr is not None
     try:
+        # Start-up takes about 10 s (litellm's import): a person is told so at once, not left at a silent prompt.
+        async with asyncio.timeout(1.0):
+            first = (await process.stderr.readline()).decode()
+        assert "starting: loading the model library (about 10 s)..." in first
         url = await wait_for_line(process.stderr, r"bridge listening on (\S+)")
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{url}/query/stream", params={"query": "Hello", "max_tokens": "3"}) as response:
