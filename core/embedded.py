@@ -37,6 +37,29 @@ _STREAMING = (
     "per second. If the reader leaves early, streamgate closes the request to the model, so "
     "nobody pays for words that no one will read."
 )
+_GRPC = (
+    "gRPC is how services stream from streamgate. Its core offers one server-streaming call, "
+    "Generate, of streamgate.v1.StreamGateService: you send the prompt once, and the answer comes "
+    "back as chunk messages, then exactly one final message with the full text, the token counts, "
+    "the cost and the timing, or an error with its status code. Clients for Python, Go, "
+    "TypeScript and Java are generated from the same proto files, and grpcurl works too, through "
+    "server reflection."
+)
+_SSE = (
+    "Server-Sent Events are how a browser reads a stream over plain HTTP. Send a query to "
+    "/query/stream on the bridge and the answer comes back as data: lines, each one JSON object "
+    "with a piece of the content, then one final frame with is_final set that carries the full "
+    "text, the token counts, the cost and the time to first token. A page reads them with "
+    "EventSource, which reconnects by itself, and ping comments keep a quiet stream open through "
+    "proxies."
+)
+_WEBSOCKETS = (
+    "WebSockets let a browser keep one connection open for many questions. Connect to /query/ws "
+    "on the bridge, send a JSON message with your query, and the answer comes back as chunk "
+    "messages, then one complete message with the full text and its metrics, or an error "
+    "message. Send the next query on the same connection, or a cancel message to stop the one "
+    "that is running: streamgate then closes the request to the model."
+)
 _MODELS = (
     "streamgate talks to models through litellm, so any provider it supports works: OpenAI, "
     "Anthropic, Ollama, vLLM and many more. Start it with --model, for example "
@@ -51,9 +74,14 @@ _DEFAULT = (
     "cost. To get real answers, start streamgate with --model and the name of any model that "
     "litellm knows."
 )
+#: The greeting's topics each have their own answer (tests/core/test_embedded.py asks each one):
+#: the first pattern that matches answers, so a specific topic comes before streaming in general.
 _TOPICS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(hello|hi|hey|good (morning|afternoon|evening)|how are you)\b", re.I), _GREETING),
-    (re.compile(r"\b(stream\w*|sse|server-sent|websocket|grpc|token\w*)\b", re.I), _STREAMING),
+    (re.compile(r"\bweb ?-?sockets?\b", re.I), _WEBSOCKETS),
+    (re.compile(r"\b(sse|server-sent|server sent|event-?source)\b", re.I), _SSE),
+    (re.compile(r"\b(grpc|protobuf|protocol buffers|proto)\b", re.I), _GRPC),
+    (re.compile(r"\b(stream\w*|token\w*)\b", re.I), _STREAMING),
     (re.compile(r"\b(model|provider|openai|anthropic|ollama|vllm|litellm|api key)\w*\b", re.I), _MODELS),
 )
 _TOKEN = re.compile(r"\s*\S+")
