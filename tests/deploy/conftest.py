@@ -97,9 +97,22 @@ class Process:
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
 
-    def rss_mib(self) -> float:
-        pages = int(Path(f"/proc/{self.process.pid}/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (nginx's workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
@@ -191,8 +204,10 @@ async def bridge_open_streams(http: aiohttp.ClientSession, bridge: Process, tran
 
 
 async def bridge_completed_sse(http: aiohttp.ClientSession, bridge: Process) -> int:
-    """SSE streams the bridge ended with a completion."""
-    return int(await bridge_metric(http, bridge, "streamgate_bridge_streams_total", transport="sse", outcome="OK"))
+    """SSE streams the bridge ended with a completion (the outcome label says "OK" or, later, "completed")."""
+    name = "streamgate_bridge_streams_total"
+    labelled = [await bridge_metric(http, bridge, name, transport="sse", outcome=o) for o in ("OK", "completed")]
+    return int(sum(labelled))
 
 
 async def _until(predicate: Any, within: float, what: str) -> None:
