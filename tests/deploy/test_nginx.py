@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import statistics
 import subprocess
 import time
@@ -65,6 +66,8 @@ class Timed:
     frames: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     #: How the response ended when it was cut before its final frame (the exception's name), else None.
     cut: str | None = None
+    #: The `id:` of the last whole event received (`Last-Event-ID` on a reconnect).
+    last_id: str = ""
 
     @property
     def final(self) -> dict[str, Any] | None:
@@ -224,27 +227,37 @@ async def _collect(client: StreamgateClient) -> tuple[list[str], Any]:
     raise AssertionError("no final event")
 
 
-async def _follow_sse(response: aiohttp.ClientResponse, first: dict[str, Any]) -> Timed:
+_EVENT_ID = re.compile(rb"^id: (\S+)$", re.MULTILINE)
+
+
+async def _follow_sse(response: aiohttp.ClientResponse, first: tuple[dict[str, Any], bytes]) -> Timed:
     """Read an SSE stream whose first frame was read, to its end or to where it was cut."""
-    timed = Timed(frames=[(0.0, first)])
+    frame, raw = first
+    timed = Timed(frames=[(0.0, frame)])
+    parser = SSEParser()
     try:
         async with response:
-            async for frame in read_events(response):
-                timed.frames.append((0.0, frame))
+            async for data in response.content.iter_any():
+                raw += data
+                timed.frames += [(0.0, json.loads(event)) for event in parser.feed(data)]
     except aiohttp.ClientPayloadError as exc:  # the connection ended before the body's end
         timed.cut = f"{type(exc).__name__}: {exc}"
     if timed.final is None and timed.cut is None:
         timed.cut = "the body ended cleanly without a final frame"
+    complete = raw[: raw.rfind(b"\n\n")]  # the last id of a whole event: what an EventSource would send back
+    timed.last_id = _EVENT_ID.findall(complete)[-1].decode()
     return timed
 
 
-async def _open_sse(http: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientResponse, dict[str, Any]]:
-    response = await http.post(f"{url}/query/stream", json={"query": "a long answer"})
+async def _open_sse(
+    http: aiohttp.ClientSession, url: str, **body: Any
+) -> tuple[aiohttp.ClientResponse, tuple[dict[str, Any], bytes]]:
+    response = await http.post(f"{url}/query/stream", json={"query": "a long answer", **body})
     assert response.status == 200, await response.text()
-    parser = SSEParser()
-    while not (events := parser.feed(await response.content.readuntil(b"\n\n"))):
-        pass
-    return response, json.loads(events[0])
+    parser, raw = SSEParser(), b""
+    while not (events := parser.feed(block := await response.content.readuntil(b"\n\n"))):
+        raw += block
+    return response, (json.loads(events[0]), raw + block)
 
 
 async def _ws_until_end(ws: aiohttp.ClientWebSocketResponse) -> tuple[list[dict[str, Any]], str]:
@@ -268,7 +281,7 @@ async def test_a_bridge_killed_mid_stream_ends_only_its_own_streams_and_new_stre
     tokens = 150
     lb.upstream.default = Scenario(tokens=tokens, delay=0.02)  # 3 s
     async with aiohttp.ClientSession() as http:
-        opened = [await _open_sse(http, lb.url) for _ in range(6)]
+        opened = [await _open_sse(http, lb.url, resumable=True) for _ in range(6)]
         sockets = [await http.ws_connect(f"{lb.url}/query/ws") for _ in range(2)]
         for ws in sockets:
             await ws.send_json({"query": "a long answer"})
@@ -299,11 +312,29 @@ async def test_a_bridge_killed_mid_stream_ends_only_its_own_streams_and_new_stre
         ws_cut = [end for _, end in ws_ends if end != "complete"]
         assert len(ws_cut) == ws_on[0]
         assert ws_cut == ["CLOSED (close code 1006)"] * len(ws_cut)  # dropped: no close frame, no stream frame
-        # The killed bridge's link closed, so the core cancelled its streams: their upstream requests end
-        # at once, long before their answers would have.
-        abandoned = len(cut) + len(ws_cut)
-        await eventually(lambda: lb.upstream.counters.disconnects >= abandoned, within=2.0)
-        assert lb.upstream.counters.disconnects == abandoned
+        # The killed bridge's link closed, so the core cancelled its streams that are not resumable: their
+        # upstream requests end at once, long before their answers would have.
+        await eventually(lambda: lb.upstream.counters.disconnects >= len(ws_cut), within=2.0)
+        assert lb.upstream.counters.disconnects == len(ws_cut)  # the resumable SSE ones go on, for a reconnect
+
+        # What an EventSource does next: reconnect with Last-Event-ID, through nginx, to the bridge left.
+        # The stream's replay is in the memory of the core that runs it; the bridge left reaches it only if
+        # its link is on that core (here it is not: one link on each core). It never runs the prompt again.
+        started = lb.upstream.counters.started
+        reconnects = []
+        for t in cut:
+            headers = {"Last-Event-ID": t.last_id}
+            async with http.get(f"{lb.url}/query/stream?query=a+long+answer", headers=headers) as response:
+                if response.status == 200:
+                    rest = [frame async for frame in read_events(response)]
+                    assert t.text + "".join(f["content"] for f in rest[:-1]) == _text(tokens)
+                    reconnects.append("resumed")
+                else:
+                    assert response.status == 410, response.status
+                    assert (await response.json())["error"]["code"] == "NOT_FOUND"
+                    reconnects.append("410 NOT_FOUND")
+        print(f"reconnects with Last-Event-ID through nginx: {reconnects}")
+        assert lb.upstream.counters.started == started, "a reconnect never starts a generation"
 
         # New streams: every one succeeds, on the bridge left (nginx retries a refused connect, POST included).
         lb.upstream.default = Scenario(tokens=3)
