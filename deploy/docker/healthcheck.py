@@ -17,7 +17,7 @@ import urllib.request
 
 def http() -> bool:
     port = os.environ.get("STREAMGATE_HTTP_PORT", "8000")
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
         return bool(response.status == 200)
 
 

@@ -15,6 +15,7 @@ Standard library only (it runs before anything is installed).
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import sys
 import tomllib
@@ -32,7 +33,7 @@ def entries(lock: str) -> dict[str, tuple[str, set[str]]]:
     """Each pinned package: its whole entry (pin, hashes, notes) and the packages it is `via`."""
     starts = [m.start() for m in _ENTRY.finditer(lock)] + [len(lock)]
     found: dict[str, tuple[str, set[str]]] = {}
-    for start, end in zip(starts, starts[1:], strict=False):
+    for start, end in itertools.pairwise(starts):
         block = lock[start:end]
         name = normalize(_ENTRY.match(block).group(1))  # type: ignore[union-attr]
         notes = [line.strip().lstrip("#").strip() for line in block.splitlines() if line.strip().startswith("#")]

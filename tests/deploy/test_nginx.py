@@ -179,7 +179,7 @@ async def test_websocket_the_openai_sdk_and_the_page_pass_through_nginx(shared_s
             assert page.status == 200 and "streamgate" in await page.text()
         async with http.ws_connect(f"{lb.url}/query/ws", headers={"Origin": lb.url}) as ws:
             await ws.send_json({"query": "hi"})
-            messages = []
+            messages: list[dict[str, Any]] = []
             while not messages or messages[-1]["type"] == "chunk":
                 messages.append(await ws.receive_json(timeout=10))
         async with http.get(f"{lb.url}/readyz") as ready:
@@ -301,7 +301,8 @@ async def test_a_bridge_killed_mid_stream_ends_only_its_own_streams_and_new_stre
 
         cut = [t for t in sse if t.cut]
         whole = [t for t in sse if not t.cut]
-        print(f"\nbridge killed: {len(cut)} SSE streams cut ({sorted({t.cut for t in cut})}), {len(whole)} completed")
+        how = sorted({t.cut or "" for t in cut})
+        print(f"\nbridge killed: {len(cut)} SSE streams cut ({how}), {len(whole)} completed")
         print(f"WebSocket ends: {[end for _, end in ws_ends]}")
         assert (len(cut), len(whole)) == (sse_on[0], sse_on[1])
         for t in whole:  # the other bridge's streams never noticed
