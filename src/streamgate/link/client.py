@@ -387,7 +387,11 @@ class _Link:
                         stream._refuse(error_from_proto(frame.refused))
                         del streams[frame.stream_id]
         except grpc.aio.AioRpcError as exc:
-            error = _link_error(exc.code(), exc.details())
+            # However the call ended (a proxy between us resets it as INTERNAL, RST_STREAM), the link is
+            # lost and each of its streams ends retryable UNAVAILABLE; only the core's own word that this
+            # bridge broke the protocol (INVALID_ARGUMENT) is passed on as it is.
+            if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                error = _link_error(exc.code(), exc.details())
             if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
                 logger.error("the core refused the link: %s", exc.details())
             elif exc.code() is not grpc.StatusCode.CANCELLED:
