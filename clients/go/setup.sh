@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# The pinned versions; buf.gen.go.yaml uses the two plugins, tests/clients/test_grpcurl.py grpcurl.
+# The pinned versions; buf.gen.go.yaml uses the two plugins, tests/clients/test_grpcurl.py grpcurl, and
+# tests/deploy/test_files.py helm.
 tools=(
   "google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12"
   "google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2"
   "github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4"
+  "helm.sh/helm/v3/cmd/helm@v3.22.0"  # lints and renders deploy/helm (tests/deploy/test_files.py)
 )
 
 if ! command -v go >/dev/null 2>&1; then
@@ -31,4 +33,4 @@ for tool in "${tools[@]}"; do
   fi
 done
 go mod download
-echo "setup (go): ready (clients/go/.bin: protoc-gen-go, protoc-gen-go-grpc, grpcurl)"
+echo "setup (go): ready (clients/go/.bin: protoc-gen-go, protoc-gen-go-grpc, grpcurl, helm)"

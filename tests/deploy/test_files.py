@@ -15,7 +15,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
 from packaging.requirements import Requirement
 
@@ -145,22 +144,19 @@ async def test_the_image_health_check_answers_for_a_bridge_and_a_core(make_bridg
     assert "unhealthy" in http_down.stderr and "unhealthy" in grpc_down.stderr
 
 
-HELM = os.environ.get("STREAMGATE_HELM") or shutil.which("helm")
+#: scripts/setup installs the pinned helm from the Go module proxy (clients/go/setup.sh).
+PINNED_HELM = DEPLOY.parent / "clients" / "go" / ".bin" / "helm"
+HELM = os.environ.get("STREAMGATE_HELM") or (str(PINNED_HELM) if PINNED_HELM.exists() else shutil.which("helm"))
 CHART = DEPLOY / "helm" / "streamgate"
 
 
 def _helm(*args: str) -> str:
-    assert HELM is not None
+    assert HELM is not None, "no helm: run scripts/setup (it installs the pinned helm into clients/go/.bin)"
     result = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
-@pytest.mark.skipif(
-    HELM is None,
-    reason="no helm here: GOBIN=/tmp/helm-bin GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@v3.22.0, "
-    "then STREAMGATE_HELM=/tmp/helm-bin/helm (deploy/README.md)",
-)
 def test_the_helm_chart_lints_and_renders_probes_drain_and_the_link(tmp_path: Path) -> None:
     values = tmp_path / "values.yaml"
     values.write_text(
