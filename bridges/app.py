@@ -15,10 +15,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+import streamgate._telemetry as _telemetry
 from streamgate.contract import ErrorCode, StreamError
 from streamgate.link.client import CoreClient
 
-from . import openai_api, usage
+from . import observe, openai_api, usage
 from .config import BridgeConfig
 from .errors import error_response
 from .sse import resume_sse, stop_stream, stream_sse
@@ -145,16 +146,22 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def create_app(config: BridgeConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors, same_origin])
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[observe.observe, json_errors, same_origin]
+    )
+    tracer = _telemetry.tracer(config.tracer_provider)
 
     async def core_client(app: web.Application) -> AsyncIterator[None]:
-        client = CoreClient(config.core, coalesce=config.coalesce, link_token=config.link_token)
-        app[STATE] = BridgeState(config, client)
+        client = CoreClient(
+            config.core, coalesce=config.coalesce, link_token=config.link_token, trace=tracer is not None
+        )
+        app[STATE] = BridgeState(config, client, tracer=tracer)
         yield
         await client.close()
 
     app.cleanup_ctx.append(core_client)
     app.on_response_prepare.append(_cors)
+    app.on_response_prepare.append(observe.remember_response)
     app.router.add_get("/", index)
     app.router.add_post("/query/stream", stream_sse)
     app.router.add_get("/query/stream", stream_sse)

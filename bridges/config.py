@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,8 @@ class BridgeConfig:
     write_stall_timeout: float = 30.0
     #: The core's link token (STREAMGATE_LINK_TOKEN), sent with the `Relay` call; a secret, never shown.
     link_token: str | None = field(default=None, repr=False)
+    #: Where each stream's spans go (`streamgate._telemetry`); None: traces off.
+    tracer_provider: TracerProvider | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         host, sep, port = self.core.rpartition(":")

@@ -308,16 +308,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         generate, stream, include_usage = parse_chat(await _read_body(request, state.config.body_timeout))
         core = await state.client.open(generate, request.headers.get("Authorization"), TRANSPORT)
     except StreamError as error:
-        metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
+        metrics.ended(TRANSPORT, error.code.value.lower())
         return error_response(error)
     except _BodyTimeout:
-        metrics.outcomes.labels(TRANSPORT, "408").inc()
+        metrics.ended(TRANSPORT, "body_timeout")
         late = StreamError(
             ErrorCode.DEADLINE_EXCEEDED, f"the request body did not arrive within {state.config.body_timeout:g} s"
         )
         return await _answer_and_close(request, error_response(late, status=408))
     except web.HTTPRequestEntityTooLarge:
-        metrics.outcomes.labels(TRANSPORT, "413").inc()
+        metrics.ended(TRANSPORT, "body_too_large")
         limit = state.config.max_body_bytes
         return error_response(invalid(f"the body is larger than the limit of {limit} bytes"), status=413)
     model = core.model or generate.model or "default"  # the model that answers, as OpenAI reports it

@@ -64,7 +64,7 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
     metrics = state.metrics
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id is not None:  # an EventSource reconnecting: its stream resumed, never a new generation
-        metrics.outcomes.labels(TRANSPORT, "reconnect").inc()
+        metrics.ended(TRANSPORT, "reconnect")
         parsed = framing.parse_event_id(last_event_id)
         if parsed is None:
             return answer_reconnect(state.delivered, last_event_id)
@@ -74,17 +74,17 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
         generate = await _read_request(request, state.config.body_timeout)
         core = await state.client.open(generate, request.headers.get("Authorization"), TRANSPORT)
     except StreamError as error:
-        metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
+        metrics.ended(TRANSPORT, error.code.value.lower())
         return error_response(error)
     except _BodyTimeout:
-        metrics.outcomes.labels(TRANSPORT, "408").inc()
+        metrics.ended(TRANSPORT, "body_timeout")
         late = StreamError(
             ErrorCode.DEADLINE_EXCEEDED, f"the request body did not arrive within {state.config.body_timeout:g} s"
         )
         return await _answer_and_close(request, error_response(late, status=408))
     except web.HTTPRequestEntityTooLarge:
         limit = state.config.max_body_bytes
-        metrics.outcomes.labels(TRANSPORT, "413").inc()
+        metrics.ended(TRANSPORT, "body_too_large")
         return error_response(invalid(f"the body is larger than the limit of {limit} bytes"), status=413)
 
     return await _send(request, core, 0)
@@ -186,7 +186,7 @@ async def _resume(request: web.Request, stream_id: str, after: int) -> web.Strea
     try:
         core = await state.client.attach(stream_id, after, request.headers.get("Authorization"))
     except StreamError as error:
-        state.metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
+        state.metrics.ended(TRANSPORT, error.code.value.lower())
         if error.code is ErrorCode.NOT_FOUND:
             return answer_reconnect(state.delivered, f"{stream_id}:{after}")
         return error_response(error)

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,6 +19,9 @@ from streamgate.link.client import CoreClient, CoreStream
 from .config import BridgeConfig
 from .metrics import BridgeMetrics
 from .resume import Delivered
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 SHUTTING_DOWN = StreamError(ErrorCode.UNAVAILABLE, "the server is shutting down", retryable=True)
 
@@ -167,6 +172,8 @@ class BridgeState:
     #: Streams whose final frame went out, so that a reconnect after it is told so (`resume.py`).
     delivered: Delivered = field(default_factory=Delivered)
     draining: bool = False
+    #: Traces each stream when set (`bridges/observe.py`); None: off.
+    tracer: Tracer | None = None
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -199,13 +206,16 @@ class BridgeState:
         Each frame goes with its sequence: a chunk's (the last index it holds), then the final
         frame's, one past the last chunk's. `send_ended` makes the final frame of a stream stopped
         by `OpenStream.end()` (shutdown, a WebSocket cancel). A client that leaves cancels the core
-        call; a cancelled task re-raises. Returns the outcome: "OK", an error code, or "disconnected".
+        call; a cancelled task re-raises. Returns the outcome, as the metrics label it: "completed", an
+        error code in lower case, or "disconnected". Times its first frame and its whole, from the
+        stream's start at the bridge (`CoreStream.started`).
         """
         metrics, core = self.metrics, stream.core
         self.add(stream)
         metrics.open_streams.labels(transport).inc()
         frames = metrics.frames.labels(transport)
-        outcome = "OK"  # `sequence`: the next frame's (past the `after` of a resumed stream)
+        outcome = "completed"  # `sequence`: the next frame's (past the `after` of a resumed stream)
+        first = True  # no frame sent yet
         try:
             async with contextlib.aclosing(core.events()) as events:
                 try:
@@ -214,18 +224,23 @@ class BridgeState:
                             await send_chunk(event.content, event.index)
                             sequence = event.index + 1
                             frames.inc()
+                            if first:
+                                first = False
+                                metrics.first_frame.labels(transport).observe(time.perf_counter() - core.started)
                             continue
                         if isinstance(event, Failure):
-                            outcome = event.error.code.value
+                            outcome = event.error.code.value.lower()
                         await send_final(event, sequence)
                         self.delivered.add(core.request_id, sequence)
                         frames.inc()
+                        if first:
+                            metrics.first_frame.labels(transport).observe(time.perf_counter() - core.started)
                         break
                 except asyncio.CancelledError:
                     reason = stream.ended_by_us()
                     if reason is None:
                         raise
-                    outcome = reason.code.value
+                    outcome = reason.code.value.lower()
                     await send_ended(reason, sequence)
                     self.delivered.add(core.request_id, sequence)
                     frames.inc()
@@ -241,7 +256,8 @@ class BridgeState:
         finally:
             self.remove(stream)
             metrics.open_streams.labels(transport).dec()
-            metrics.outcomes.labels(transport, outcome).inc()
+            metrics.duration.labels(transport).observe(time.perf_counter() - core.started)
+            metrics.ended(transport, outcome, core.request_id)
         return outcome
 
     async def drain(self, grace: float) -> None:

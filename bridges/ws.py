@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from streamgate.contract import Completion, ErrorCode, Failure, Metrics, StreamError, invalid
 from streamgate.v1 import streamgate_pb2 as pb
 
-from . import framing, query
+from . import framing, observe, query
 from .errors import WS_CLOSE
 from .state import STATE, BridgeState, OpenStream, WriteGuard
 
@@ -115,7 +115,11 @@ class Session:
                 await self.send(framing.ws_error(item.message))
                 continue
             try:
-                await self._stream(item)
+                if self.state.tracer is None:
+                    await self._stream(item)
+                else:
+                    with observe.query_span(self.state.tracer):  # each query is a span of its own
+                        await self._stream(item)
             finally:
                 self.queries -= 1
             if ws.closed:
@@ -131,7 +135,7 @@ class Session:
         if self._cancel_next:  # cancelled before it started: answer so, and call no upstream
             self._cancel_next = False
             metadata = framing.cancelled_metadata("", model, Metrics(), request_id)
-            metrics.outcomes.labels(TRANSPORT, "CANCELLED").inc()
+            metrics.ended(TRANSPORT, "cancelled")
             await send(framing.ws_complete("", metadata))
             return
         try:
@@ -141,7 +145,7 @@ class Session:
             else:
                 core = await state.client.open(request, self.authorization, TRANSPORT)
         except StreamError as error:
-            metrics.outcomes.labels(TRANSPORT, error.code.value).inc()
+            metrics.ended(TRANSPORT, error.code.value.lower())
             await send(framing.ws_error(error.message))
             if error.code in WS_CLOSE:
                 await self.close(WS_CLOSE[error.code], error.message[:120].encode())

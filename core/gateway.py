@@ -22,15 +22,19 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from streamgate.contract import Chunk, Completion, ErrorCode, Event, Failure, Metrics, StreamError, StreamRequest, Usage
 
 from .budgets import BudgetBook
 from .ledger import Ledger, NullLedger, UsageRow
 from .metrics import GatewayMetrics, StreamClock
+from .observe import StreamSpan, stream_fields
 from .replay import MemoryReplayStore, Replay
-from .upstream import Provider, clean_text
+from .upstream import Delta, Provider, clean_text
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 logger = logging.getLogger("streamgate.core")
 
@@ -60,6 +64,8 @@ class Gateway:
         self.budgets = BudgetBook(self.config.budgets)
         #: The tasks that run resumable streams (each reads its stream into its replay).
         self._runners: set[asyncio.Task[None]] = set()
+        #: Traces each stream when set (`streamgate.core.observe`); None: off, and a stream pays one branch.
+        self.tracer: Tracer | None = None
 
     @property
     def active_streams(self) -> int:
@@ -96,7 +102,7 @@ class Gateway:
             if self.budgets:
                 self.budgets.check(principal)
         except StreamError as error:
-            self.metrics.stream_rejected(error.code.value)
+            self.metrics.stream_rejected(error.code.value.lower())
             # Counted in the metrics; a line each would let a client flood the log (and the disk).
             logger.debug("stream %s refused: %s %s", request.request_id, error.code.value, error.message)
             raise
@@ -226,6 +232,10 @@ class GatewayStream(AsyncIterator[Event]):
         #: From admission: time to first token counts the wait for the upstream too.
         self._clock = StreamClock()
         self._started_at = time.time()
+        tracer = gateway.tracer
+        #: The stream's trace spans, when traced; the model the upstream said it answered with.
+        self._span = None if tracer is None else StreamSpan(tracer, request, model)
+        self._response_model: str | None = None
 
     def __aiter__(self) -> Self:
         return self
@@ -302,39 +312,36 @@ class GatewayStream(AsyncIterator[Event]):
         request_id = self.request.request_id
         if final is None:  # the client left: what the provider produced so far was billed, so it counts
             usage, cost, _ = self._settle("".join(self._parts))
-            metrics = self._clock.finish(usage.completion_tokens)
-            self._gateway.metrics.stream_finished(
-                self.model, outcome, metrics, usage.prompt_tokens, usage.completion_tokens, cost
-            )
-            self._account(outcome, usage, cost, metrics)
+            m = self._clock.finish(usage.completion_tokens)
+        else:
+            usage, cost, m = final.usage, final.cost_usd, final.metrics
+        self._gateway.metrics.stream_finished(
+            self.model, outcome, m, usage.prompt_tokens, usage.completion_tokens, cost
+        )
+        self._account(outcome, usage, cost, m)
+        if self._span is not None:
+            self._span.end(outcome, usage, cost, m, final, self._response_model)
+        fields = stream_fields(self.request, self.model, outcome, usage, cost, m, final)
+        if final is None:
             logger.info(
                 "stream %s cancelled by the client after %d chunks: tokens=%d+%d cost=%s",
                 request_id,
-                metrics.chunks,
+                m.chunks,
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 cost,
+                extra=fields,
             )
-            return
-        self._gateway.metrics.stream_finished(
-            self.model,
-            outcome,
-            final.metrics,
-            final.usage.prompt_tokens,
-            final.usage.completion_tokens,
-            final.cost_usd,
-        )
-        self._account(outcome, final.usage, final.cost_usd, final.metrics)
-        m = final.metrics
-        if isinstance(final, Failure) and final.error.code is ErrorCode.CANCELLED:  # a client's cancel: no failure
+        elif isinstance(final, Failure) and final.error.code is ErrorCode.CANCELLED:  # a client's cancel: no failure
             logger.info(
                 "stream %s cancelled: %s (chunks=%d tokens=%d+%d cost=%s)",
                 request_id,
                 final.error.message,
                 m.chunks,
-                final.usage.prompt_tokens,
-                final.usage.completion_tokens,
-                final.cost_usd,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                cost,
+                extra=fields,
             )
         elif isinstance(final, Failure):
             logger.warning(
@@ -344,6 +351,7 @@ class GatewayStream(AsyncIterator[Event]):
                 final.error.message,
                 m.ttft_ms,
                 m.chunks,
+                extra=fields,
             )
         else:
             logger.info(
@@ -353,15 +361,15 @@ class GatewayStream(AsyncIterator[Event]):
                 final.finish_reason,
                 m.ttft_ms,
                 m.duration_ms,
-                final.usage.prompt_tokens,
-                final.usage.completion_tokens,
+                usage.prompt_tokens,
+                usage.completion_tokens,
                 m.tokens_per_second,
-                final.cost_usd,
+                cost,
+                extra=fields,
             )
 
     async def _run(self) -> AsyncGenerator[Event, None]:
         config = self._gateway.config
-        provider = self._gateway.provider
         request = self.request
         loop = self._loop = asyncio.get_running_loop()
         clock = self._clock
@@ -375,7 +383,8 @@ class GatewayStream(AsyncIterator[Event]):
         room = len_limit = config.max_answer_chars
         finish_reason = "stop"
         error: StreamError | None = None
-        upstream = provider.stream(request, self.model)
+        span = self._span
+        upstream = self._upstream(self.model)
         task = asyncio.current_task()
         assert task is not None
         try:
@@ -399,6 +408,8 @@ class GatewayStream(AsyncIterator[Event]):
                             if retry is None:
                                 raise
                             await upstream.aclose()
+                            if span is not None:
+                                span.retried(exc)
                             model, delay = retry
                             logger.info(
                                 "stream %s: %s failed before its first token (%s); trying %s in %.2f s",
@@ -411,7 +422,7 @@ class GatewayStream(AsyncIterator[Event]):
                             self.model = model
                             await asyncio.sleep(delay)  # within the same limit: a drain or timeout ends it
                             self._refused = False  # a new try: sent again
-                            upstream = provider.stream(request, model)
+                            upstream = self._upstream(model)
                             continue
                     except StopAsyncIteration:
                         break
@@ -444,8 +455,10 @@ class GatewayStream(AsyncIterator[Event]):
                             break
                     if delta.finish_reason:
                         finish_reason = delta.finish_reason
+                        self._response_model = delta.model or self._response_model
                     if delta.usage is not None:
                         self._usage = delta.usage
+                        self._response_model = delta.model or self._response_model
             except StreamError as exc:
                 error = exc
             except Exception as exc:  # a bug, not an expected failure: log it, still end the stream properly
@@ -461,6 +474,13 @@ class GatewayStream(AsyncIterator[Event]):
             self._disarm()
             await upstream.aclose()
             self._finish("cancelled", None)
+
+    def _upstream(self, model: str) -> AsyncGenerator[Delta, None]:
+        """A try of `model` at the upstream; a traced stream's is a span of its own, its `traceparent` sent upstream."""
+        provider = self._gateway.provider
+        if self._span is None:
+            return provider.stream(self.request, model)
+        return self._span.upstream(provider, self.request, model)
 
     def _retry(self, error: StreamError) -> tuple[str, float] | None:
         """Before the first token only: the same model again after a backoff with jitter

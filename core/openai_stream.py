@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -154,6 +154,7 @@ async def stream_chat(
     *,
     coalesce: bool = True,
     draining: set[asyncio.Task[None]] | None = None,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> AsyncGenerator[Delta, None]:
     """Deltas of one streamed chat completion. Closing the generator closes the HTTP request.
 
@@ -164,8 +165,12 @@ async def stream_chat(
     `draining` holds the tasks that wait for a finished response's last bytes before its connection
     goes back to the pool (see below); without it, such a connection is closed. Its owner stops them
     with `stop_draining` before closing the session.
+
+    `extra_headers` go with the request too (a traced stream's `traceparent`).
     """
     headers = {"Accept": "text/event-stream"}
+    if extra_headers:
+        headers.update(extra_headers)
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     try:

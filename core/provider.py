@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import aiohttp
@@ -16,6 +16,7 @@ from streamgate.contract import GenerationParameters, StreamError, StreamRequest
 
 from . import embedded, openai_stream
 from .config import LiteLLMConfig
+from .observe import UPSTREAM_HEADERS
 from .policy import ModelPolicy
 from .preconnect import Preconnect
 from .translate import translate
@@ -156,9 +157,10 @@ class LiteLLMProvider:
         return kwargs
 
     def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
+        trace = UPSTREAM_HEADERS.get()  # a traced stream's `traceparent`, sent upstream (`streamgate.core.observe`)
         if self.config.enable_streaming and self.config.fast_path and model in self._lean:
-            return self._stream_lean(request, model)
-        return self._stream_litellm(request, model)
+            return self._stream_lean(request, model, trace)
+        return self._stream_litellm(request, model, trace)
 
     def _session_for_loop(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -172,7 +174,9 @@ class LiteLLMProvider:
                 self._preconnect.attach(self._session)
         return self._session
 
-    def _stream_lean(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
+    def _stream_lean(
+        self, request: StreamRequest, model: str, trace: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Delta, None]:
         name, key, base = self._lean[model]
         operator_base, operator_key = self._upstream(model)  # the operator's upstream (see `_kwargs`)
         base = operator_base or base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
@@ -186,7 +190,13 @@ class LiteLLMProvider:
         api_key = operator_key or key or os.environ.get("OPENAI_API_KEY")
         url = (base or DEFAULT_OPENAI_BASE).rstrip("/") + "/chat/completions"
         return openai_stream.stream_chat(
-            self._session_for_loop(), url, api_key, body, coalesce=self.config.coalesce, draining=self.draining
+            self._session_for_loop(),
+            url,
+            api_key,
+            body,
+            coalesce=self.config.coalesce,
+            draining=self.draining,
+            extra_headers=trace,
         )
 
     async def close(self) -> None:
@@ -200,8 +210,12 @@ class LiteLLMProvider:
                 await self._session.close()
                 self._session = None
 
-    async def _stream_litellm(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
+    async def _stream_litellm(
+        self, request: StreamRequest, model: str, trace: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[Delta, None]:
         kwargs = self._kwargs(request, model)
+        if trace:
+            kwargs["extra_headers"] = dict(trace)
         if not self.config.enable_streaming:
             async for delta in self._whole(kwargs):
                 yield delta

@@ -37,7 +37,8 @@ CoreFactory = Callable[..., Awaitable[CoreServer]]
 
 @pytest.fixture
 async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
-    """Start a core on a free port; keyword arguments override `LiteLLMConfig` fields.
+    """Start a core on a free port; keyword arguments override `LiteLLMConfig` fields (`ledger`, `data_dir`,
+    `admins` and `tracer_provider` are `CoreServerConfig`'s).
 
     By default it talks to the test upstream as `openai/fake`.
     """
@@ -48,7 +49,9 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
         drain_grace = overrides.pop("drain_grace", 0.5)
         keyring = overrides.pop("keyring", Keyring())
         link_token = overrides.pop("link_token", LINK_TOKEN)
-        ledger = {k: overrides.pop(k) for k in ("ledger", "data_dir", "admins") if k in overrides}
+        server_fields = {
+            k: overrides.pop(k) for k in ("ledger", "data_dir", "admins", "tracer_provider") if k in overrides
+        }
         fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key", "retry_backoff": 0.01}
         fields["coalesce"] = False  # chunk-level assertions: one chunk a token (tests/core/test_coalesce.py: on)
         fields.update(overrides)
@@ -60,7 +63,7 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
                 drain_grace=drain_grace,
                 keyring=keyring,
                 link_token=link_token,
-                **ledger,
+                **server_fields,
             ),
         )
         await server.start()

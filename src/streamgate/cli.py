@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -228,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
         help=f"logging level (env {ENV_PREFIX}LOG_LEVEL; default INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get(ENV_PREFIX + "LOG_FORMAT", "text"),
+        help=f"log lines as text, or one JSON object a line (env {ENV_PREFIX}LOG_FORMAT; default text)."
+        " Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP) to send each stream's spans there",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     core = commands.add_parser(
         "core",
@@ -401,7 +409,10 @@ def _run(main: Coroutine[Any, Any, _T], loop: str) -> _T:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    if args.log_format not in ("text", "json"):  # from the environment: argparse checks only the flag's
+        parser.error(f"{ENV_PREFIX}LOG_FORMAT must be text or json, got {args.log_format[:20]!r}")
+    configure_logging(args.log_level, args.log_format)
+    import streamgate._telemetry as _telemetry
     from streamgate.contract import StreamError
 
     try:
@@ -409,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamgate.rpc.server import run_core
 
             config, server = _core_configs(args)
+            server = dataclasses.replace(server, tracer_provider=_telemetry.from_environment(_telemetry.CORE_SERVICE))
             _run(run_core(config, server, args.ready_fd), args.loop)
         elif args.command == "bridge":
             from streamgate.bridges.app import run_bridge
@@ -418,7 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "the bridge needs the core's link token: set STREAMGATE_LINK_TOKEN (or --link-token)"
                     " to the value the core was started with"
                 )
-            _run(run_bridge(_bridge_config(args, args.core)), args.loop)
+            bridge = _bridge_config(args, args.core)
+            traces = _telemetry.from_environment(_telemetry.BRIDGE_SERVICE)
+            _run(run_bridge(dataclasses.replace(bridge, tracer_provider=traces)), args.loop)
         elif args.command == "serve":
             # The model library (litellm) takes about 10 s to import: say so before the wait.
             logging.getLogger("streamgate.serve").info("starting: loading the model library (about 10 s)...")
@@ -430,8 +444,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if value:
                     os.environ[_env_name(flag)] = value
             _bridge_config(args, f"{args.host}:{args.grpc_port}")
-            options = ["--log-level", args.log_level, "--loop", args.loop]
-            return _run(serve(options, _core_argv(args), lambda core: _bridge_config(args, core)), args.loop)
+            options = ["--log-level", args.log_level, "--log-format", args.log_format, "--loop", args.loop]
+            traces = _telemetry.from_environment(_telemetry.BRIDGE_SERVICE)  # the core child makes its own
+
+            def bridge_config(core: str) -> Any:
+                return dataclasses.replace(_bridge_config(args, core), tracer_provider=traces)
+
+            return _run(serve(options, _core_argv(args), bridge_config), args.loop)
     except (ValueError, OSError) as exc:  # a bad flag value or file: say which, without a traceback
         parser.error(str(exc))
     except StreamError as exc:  # e.g. an unknown --model

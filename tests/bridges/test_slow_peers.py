@@ -257,7 +257,7 @@ async def test_an_sse_client_that_stops_reading_near_the_end_is_dropped_after_it
 
     assert core.gateway.active_streams == 0
     text = await _metrics(http, bridge)
-    assert 'streamgate_bridge_streams_total{outcome="OK",transport="sse"} 1.0' in text, "its stream was all sent"
+    assert 'streamgate_bridge_streams_total{outcome="completed",transport="sse"} 1.0' in text, "its stream was all sent"
     assert not _errors(caplog)
 
 

@@ -301,8 +301,8 @@ async def test_metrics_count_streams_frames_and_disconnects(
     async with http.get(f"{bridge.url}/metrics") as answer:
         text = await answer.text()
 
-    assert 'streamgate_bridge_streams_total{outcome="OK",transport="sse"} 1.0' in text
-    assert 'streamgate_bridge_streams_total{outcome="INVALID_ARGUMENT",transport="sse"} 1.0' in text
+    assert 'streamgate_bridge_streams_total{outcome="completed",transport="sse"} 1.0' in text
+    assert 'streamgate_bridge_streams_total{outcome="invalid_argument",transport="sse"} 1.0' in text
     assert 'streamgate_bridge_disconnects_total{transport="sse"} 1.0' in text
     assert 'streamgate_bridge_open_streams{transport="sse"} 0.0' in text
     assert 'streamgate_bridge_frames_total{transport="sse"} 10.0' in text

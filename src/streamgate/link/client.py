@@ -35,6 +35,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import streamgate._telemetry as _telemetry
 from streamgate.contract import (
     MAX_REQUEST_ID,
     Chunk,
@@ -302,8 +303,14 @@ class _Link:
         self._reader = asyncio.create_task(self._read())
         self._writer = asyncio.create_task(self._write())
 
-    def open(self, request: pb.GenerateRequest, authorization: str | None, transport: str = "") -> CoreStream:
+    def open(
+        self, request: pb.GenerateRequest, authorization: str | None, transport: str = "", trace: bool = False
+    ) -> CoreStream:
         command = link_pb.RelayCommand(open=link_pb.RelayOpen(request=request, transport=transport))
+        if trace:  # the current span (the bridge's of this stream) is the parent of the core's
+            carrier = _telemetry.headers()
+            command.open.traceparent = carrier.get(_telemetry.TRACEPARENT, "")
+            command.open.tracestate = carrier.get(_telemetry.TRACESTATE, "")
         return self._start(command, authorization, "open")
 
     def attach(self, request_id: str, after: int, authorization: str | None) -> CoreStream:
@@ -414,13 +421,18 @@ class _Link:
 
 
 class CoreClient:
-    def __init__(self, address: str, *, coalesce: bool = True, link_token: str | None = None) -> None:
+    def __init__(
+        self, address: str, *, coalesce: bool = True, link_token: str | None = None, trace: bool = False
+    ) -> None:
         """`coalesce`: chunks that waited together (the reader was slower than the core) come as one.
 
         `link_token`: the core's link token (STREAMGATE_LINK_TOKEN); the core refuses a link without it.
+        `trace`: each stream carries the current span's trace context (`RelayOpen.traceparent`), so that
+        the core's span of it is that span's child.
         """
         self.address = address
         self._coalesce = coalesce
+        self._trace = trace
         self._link_token = link_token
         self._channel = grpc.aio.insecure_channel(
             address,
@@ -447,7 +459,7 @@ class CoreClient:
         `transport` (sse, ws, openai) names the door the stream came in by, for the usage ledger.
         """
         link = await self._ready_link(authorization)
-        stream = link.open(request, authorization, transport)
+        stream = link.open(request, authorization, transport, self._trace)
         await stream.admitted()
         if request.resumable:
             stream.resumer = lambda after: self.attach(stream.request_id, after, authorization)

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+import streamgate._telemetry as _telemetry
 from streamgate.contract import GRPC_STATUS, error_to_proto, event_to_proto, invalid, request_from_proto
 from streamgate.core import Chunk, ErrorCode, Event, Failure, Gateway, GatewayStream, StreamError
 from streamgate.core.auth import Keyring
@@ -344,6 +345,8 @@ class RelaySession:
             if transport is None:
                 raise invalid(f"stream {stream_id}: unknown transport {command.transport[:20]!r}")
             request = dataclasses.replace(request, transport=transport)
+        if command.traceparent and gateway.tracer is not None:  # the bridge's span: the parent of the core's
+            _telemetry.adopt(command.traceparent, command.tracestate)  # (in this stream's own task)
         if request.resumable:
             replay = self._replays[stream_id] = gateway.open_resumable(request)
             return request.request_id, replay.read()

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -17,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+import streamgate._telemetry as _telemetry
 from streamgate.core import Gateway, LiteLLMConfig, LiteLLMProvider
 from streamgate.core.auth import Keyring
 from streamgate.core.ledger import ledger_kind, open_ledger
@@ -28,6 +30,9 @@ from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
 from .malformed import MalformedRequests
 from .servicer import StreamGateServicer
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 logger = logging.getLogger("streamgate.rpc")
 
@@ -54,6 +59,8 @@ class CoreServerConfig:
     data_dir: str = ".streamgate"
     #: Key holders who may read everyone's usage (the others read their own).
     admins: tuple[str, ...] = ()
+    #: Where each stream's spans go (`streamgate._telemetry`); None: traces off.
+    tracer_provider: TracerProvider | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.grpc_port <= 65535:
@@ -76,6 +83,7 @@ class CoreServer:
         self.config = config
         self.server_config = server_config or CoreServerConfig()
         self.gateway = Gateway(LiteLLMProvider(config))
+        self.gateway.tracer = _telemetry.tracer(self.server_config.tracer_provider)
         self.servicer = StreamGateServicer(self.gateway, self.server_config.keyring, self.server_config.admins)
         self.link = LinkServicer(self.gateway, self.server_config.keyring, self.server_config.link_token)
         self.health = health.aio.HealthServicer()

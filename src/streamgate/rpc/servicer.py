@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+import streamgate._telemetry as _telemetry
 from streamgate.contract import GRPC_STATUS, ErrorCode, event_to_proto, invalid, request_from_proto
 from streamgate.core import Event, Failure, Gateway, StreamError
 from streamgate.core.auth import Keyring
@@ -73,6 +74,11 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
         request: pb.GenerateRequest,
         context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse],
     ) -> AsyncIterator[pb.GenerateResponse]:
+        if self.gateway.tracer is not None:  # a caller's `traceparent` metadata: the parent of the stream's span
+            metadata = dict(context.invocation_metadata() or ())
+            traceparent, tracestate = metadata.get(_telemetry.TRACEPARENT), metadata.get(_telemetry.TRACESTATE)
+            if isinstance(traceparent, str):
+                _telemetry.adopt(traceparent, tracestate if isinstance(tracestate, str) else "")
         try:
             stream_request = request_from_proto(request, self._authenticate(context))
             remaining = context.time_remaining()

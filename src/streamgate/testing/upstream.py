@@ -102,6 +102,8 @@ class Counters:
     bodies: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
     #: Their Authorization headers ("" when none), in the same order: which key reached this upstream.
     authorizations: deque[str] = field(default_factory=lambda: deque(maxlen=1000))
+    #: Their W3C `traceparent` headers ("" when none), in the same order: the trace a request belongs to.
+    traceparents: deque[str] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 def token(i: int) -> str:
@@ -172,6 +174,7 @@ class FakeUpstream:
         body = await request.json()
         self.counters.bodies.append(body)
         self.counters.authorizations.append(request.headers.get("Authorization", ""))
+        self.counters.traceparents.append(request.headers.get("traceparent", ""))
         scenario = self.scenarios.get(str(body.get("model", "")), self.default)
         self.counters.started += 1
         self.counters.active += 1

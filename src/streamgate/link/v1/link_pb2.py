@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from streamgate.v1 import streamgate_pb2 as streamgate_dot_v1_dot_streamgate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstreamgate/link/v1/link.proto\x12\x12streamgate.link.v1\x1a\x1estreamgate/v1/streamgate.proto\"L\n\x0cRelayRequest\x12<\n\x08\x63ommands\x18\x01 \x03(\x0b\x32 .streamgate.link.v1.RelayCommandR\x08\x63ommands\"\xe1\x01\n\x0cRelayCommand\x12\x1b\n\tstream_id\x18\x01 \x01(\x04R\x08streamId\x12\x33\n\x04open\x18\x02 \x01(\x0b\x32\x1d.streamgate.link.v1.RelayOpenH\x00R\x04open\x12\x39\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1f.streamgate.link.v1.RelayCancelH\x00R\x06\x63\x61ncel\x12\x39\n\x06\x61ttach\x18\x04 \x01(\x0b\x32\x1f.streamgate.link.v1.RelayAttachH\x00R\x06\x61ttachB\t\n\x07\x63ommand\"h\n\x0bRelayAttach\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05\x61\x66ter\x18\x02 \x01(\x03R\x05\x61\x66ter\x12$\n\rauthorization\x18\x03 \x01(\tR\rauthorization\"\x89\x01\n\tRelayOpen\x12\x38\n\x07request\x18\x01 \x01(\x0b\x32\x1e.streamgate.v1.GenerateRequestR\x07request\x12$\n\rauthorization\x18\x02 \x01(\tR\rauthorization\x12\x1c\n\ttransport\x18\x03 \x01(\tR\ttransport\"9\n\x0bRelayCancel\x12\x12\n\x04stop\x18\x01 \x01(\x08R\x04stop\x12\x16\n\x06\x66inish\x18\x02 \x01(\x08R\x06\x66inish\"G\n\rRelayResponse\x12\x36\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1e.streamgate.link.v1.RelayFrameR\x06\x66rames\"\xde\x01\n\nRelayFrame\x12\x1b\n\tstream_id\x18\x01 \x01(\x04R\x08streamId\x12?\n\x08\x61\x64mitted\x18\x02 \x01(\x0b\x32!.streamgate.link.v1.RelayAdmittedH\x00R\x08\x61\x64mitted\x12\x30\n\x07refused\x18\x03 \x01(\x0b\x32\x14.streamgate.v1.ErrorH\x00R\x07refused\x12\x37\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x1f.streamgate.v1.GenerateResponseH\x00R\x05\x65ventB\x07\n\x05\x66rame\"D\n\rRelayAdmitted\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model2_\n\x0bLinkService\x12P\n\x05Relay\x12 .streamgate.link.v1.RelayRequest\x1a!.streamgate.link.v1.RelayResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstreamgate/link/v1/link.proto\x12\x12streamgate.link.v1\x1a\x1estreamgate/v1/streamgate.proto\"L\n\x0cRelayRequest\x12<\n\x08\x63ommands\x18\x01 \x03(\x0b\x32 .streamgate.link.v1.RelayCommandR\x08\x63ommands\"\xe1\x01\n\x0cRelayCommand\x12\x1b\n\tstream_id\x18\x01 \x01(\x04R\x08streamId\x12\x33\n\x04open\x18\x02 \x01(\x0b\x32\x1d.streamgate.link.v1.RelayOpenH\x00R\x04open\x12\x39\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1f.streamgate.link.v1.RelayCancelH\x00R\x06\x63\x61ncel\x12\x39\n\x06\x61ttach\x18\x04 \x01(\x0b\x32\x1f.streamgate.link.v1.RelayAttachH\x00R\x06\x61ttachB\t\n\x07\x63ommand\"h\n\x0bRelayAttach\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05\x61\x66ter\x18\x02 \x01(\x03R\x05\x61\x66ter\x12$\n\rauthorization\x18\x03 \x01(\tR\rauthorization\"\xcb\x01\n\tRelayOpen\x12\x38\n\x07request\x18\x01 \x01(\x0b\x32\x1e.streamgate.v1.GenerateRequestR\x07request\x12$\n\rauthorization\x18\x02 \x01(\tR\rauthorization\x12\x1c\n\ttransport\x18\x03 \x01(\tR\ttransport\x12 \n\x0btraceparent\x18\x04 \x01(\tR\x0btraceparent\x12\x1e\n\ntracestate\x18\x05 \x01(\tR\ntracestate\"9\n\x0bRelayCancel\x12\x12\n\x04stop\x18\x01 \x01(\x08R\x04stop\x12\x16\n\x06\x66inish\x18\x02 \x01(\x08R\x06\x66inish\"G\n\rRelayResponse\x12\x36\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1e.streamgate.link.v1.RelayFrameR\x06\x66rames\"\xde\x01\n\nRelayFrame\x12\x1b\n\tstream_id\x18\x01 \x01(\x04R\x08streamId\x12?\n\x08\x61\x64mitted\x18\x02 \x01(\x0b\x32!.streamgate.link.v1.RelayAdmittedH\x00R\x08\x61\x64mitted\x12\x30\n\x07refused\x18\x03 \x01(\x0b\x32\x14.streamgate.v1.ErrorH\x00R\x07refused\x12\x37\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x1f.streamgate.v1.GenerateResponseH\x00R\x05\x65ventB\x07\n\x05\x66rame\"D\n\rRelayAdmitted\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model2_\n\x0bLinkService\x12P\n\x05Relay\x12 .streamgate.link.v1.RelayRequest\x1a!.streamgate.link.v1.RelayResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,15 +39,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELAYATTACH']._serialized_start=391
   _globals['_RELAYATTACH']._serialized_end=495
   _globals['_RELAYOPEN']._serialized_start=498
-  _globals['_RELAYOPEN']._serialized_end=635
-  _globals['_RELAYCANCEL']._serialized_start=637
-  _globals['_RELAYCANCEL']._serialized_end=694
-  _globals['_RELAYRESPONSE']._serialized_start=696
-  _globals['_RELAYRESPONSE']._serialized_end=767
-  _globals['_RELAYFRAME']._serialized_start=770
-  _globals['_RELAYFRAME']._serialized_end=992
-  _globals['_RELAYADMITTED']._serialized_start=994
-  _globals['_RELAYADMITTED']._serialized_end=1062
-  _globals['_LINKSERVICE']._serialized_start=1064
-  _globals['_LINKSERVICE']._serialized_end=1159
+  _globals['_RELAYOPEN']._serialized_end=701
+  _globals['_RELAYCANCEL']._serialized_start=703
+  _globals['_RELAYCANCEL']._serialized_end=760
+  _globals['_RELAYRESPONSE']._serialized_start=762
+  _globals['_RELAYRESPONSE']._serialized_end=833
+  _globals['_RELAYFRAME']._serialized_start=836
+  _globals['_RELAYFRAME']._serialized_end=1058
+  _globals['_RELAYADMITTED']._serialized_start=1060
+  _globals['_RELAYADMITTED']._serialized_end=1128
+  _globals['_LINKSERVICE']._serialized_start=1130
+  _globals['_LINKSERVICE']._serialized_end=1225
 # @@protoc_insertion_point(module_scope)

@@ -122,10 +122,18 @@ class RelayOpen(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     AUTHORIZATION_FIELD_NUMBER: _builtins.int
     TRANSPORT_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
     authorization: _builtins.str
     """The credentials, as Generate's authorization metadata: "Bearer <API key>"."""
     transport: _builtins.str
     """The bridge's door the stream came in by (sse, ws, openai), for the usage ledger."""
+    traceparent: _builtins.str
+    """The W3C trace context of the bridge's span of the stream (traceparent and
+    tracestate headers' values), when the bridge traces: the core's span of
+    the stream is its child. Empty when the bridge does not trace.
+    """
+    tracestate: _builtins.str
     @_builtins.property
     def request(self) -> _streamgate_pb2.GenerateRequest: ...
     def __init__(
@@ -134,10 +142,12 @@ class RelayOpen(_message.Message):
         request: _streamgate_pb2.GenerateRequest | None = ...,
         authorization: _builtins.str = ...,
         transport: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "request", b"request", "transport", b"transport"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorization", b"authorization", "request", b"request", "traceparent", b"traceparent", "tracestate", b"tracestate", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
