@@ -12,8 +12,8 @@ then added to as each stream ends (its cost, whatever the outcome). A new period
 over the limit, a new stream is refused at once with RESOURCE_EXHAUSTED, reason `budget_exceeded`, the
 limit and the time it resets; a stream already running finishes (what it costs is added when it ends).
 A stream of an unpriced model adds nothing (its cost is unknown), so an operator who budgets a key
-should offer it priced models. One process's book: several instances share budgets through Redis
-(issue 18), not yet.
+should offer it priced models. This is one process's book; with `--redis-url`, the cores share each
+holder's spend through Redis (`streamgate.core.shared`, `SharedBudgetBook`).
 """
 
 from __future__ import annotations

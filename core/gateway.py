@@ -36,6 +36,8 @@ from .upstream import Delta, Provider, clean_text
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
+    from .shared import Lease, RemoteReplay, SharedState
+
 logger = logging.getLogger("streamgate.core")
 
 SHUTTING_DOWN = "the server is shutting down"
@@ -66,13 +68,20 @@ class Gateway:
         self._runners: set[asyncio.Task[None]] = set()
         #: Traces each stream when set (`streamgate.core.observe`); None: off, and a stream pays one branch.
         self.tracer: Tracer | None = None
+        #: Limits, budgets and replays shared with other cores through Redis (`streamgate.core.shared`);
+        #: None: this core counts alone, and nothing here awaits it.
+        self.shared: SharedState | None = None
 
     @property
     def active_streams(self) -> int:
         return len(self._streams)
 
-    def open(self, request: StreamRequest) -> GatewayStream:
-        """Admit a stream, or refuse it at once with a `StreamError`."""
+    def open(self, request: StreamRequest, lease: Lease | None = None) -> GatewayStream:
+        """Admit a stream, or refuse it at once with a `StreamError`.
+
+        `lease`: the stream's place under its key's limit across the cores (`SharedState.admit()`,
+        awaited just before): given back with the stream's slot, or at once when it is refused here.
+        """
         try:
             if self.draining:
                 raise StreamError(ErrorCode.UNAVAILABLE, SHUTTING_DOWN, retryable=True)
@@ -102,11 +111,14 @@ class Gateway:
             if self.budgets:
                 self.budgets.check(principal)
         except StreamError as error:
+            if lease is not None:
+                lease.release()
             self.metrics.stream_rejected(error.code.value.lower())
             # Counted in the metrics; a line each would let a client flood the log (and the disk).
             logger.debug("stream %s refused: %s %s", request.request_id, error.code.value, error.message)
             raise
         stream = GatewayStream(self, request, model)
+        stream.lease = lease
         self._streams.add(stream)
         if request.principal is not None:
             self._per_key[request.principal] = self._per_key.get(request.principal, 0) + 1
@@ -116,15 +128,20 @@ class Gateway:
         logger.debug("stream %s started: model=%s key=%s", request.request_id, model, request.principal)
         return stream
 
-    def open_resumable(self, request: StreamRequest) -> Replay:
+    def open_resumable(self, request: StreamRequest, lease: Lease | None = None) -> Replay:
         """Admit a stream that runs in a task of its own, into a replay that clients read (and read
         again after a dropped connection); or refuse it at once with a `StreamError`."""
         grace = self.config.resume_grace
-        if not grace:
-            raise StreamError(ErrorCode.INVALID_ARGUMENT, "resumable streams are off on this server")
-        replay = self.replays.create(request.request_id, request.principal, self._away)
         try:
-            stream = self.open(request)
+            if not grace:
+                raise StreamError(ErrorCode.INVALID_ARGUMENT, "resumable streams are off on this server")
+            replay = self.replays.create(request.request_id, request.principal, self._away)
+        except StreamError:
+            if lease is not None:
+                lease.release()
+            raise
+        try:
+            stream = self.open(request, lease)
         except StreamError:
             self.replays.remove(replay.stream_id)
             raise
@@ -155,11 +172,26 @@ class Gateway:
         def check() -> None:
             stream = replay.stream
             if replay.readers == 0 and replay.final is None and stream is not None:
+                if self.shared is not None and self.shared.replays.read_elsewhere(replay):
+                    self._away(replay)  # a client reads it through another core: look again later
+                    return
                 stream.abort(StreamError(ErrorCode.CANCELLED, f"no client read the stream for {grace:g} s"))
 
         asyncio.get_running_loop().call_later(grace, check)
 
+    async def find_replay(self, stream_id: str, principal: str | None) -> Replay | RemoteReplay:
+        """The replay of a resumable stream for its key's holder: this core's own or, with shared state,
+        one in Redis (another core runs it); raises `StreamError` (NOT_FOUND)."""
+        try:
+            return self.replays.find(stream_id, principal)
+        except StreamError as error:
+            if self.shared is None or error.code is not ErrorCode.NOT_FOUND:
+                raise
+        return await self.shared.replays.find_remote(stream_id, principal)
+
     def _release(self, stream: GatewayStream) -> None:
+        if stream.lease is not None:
+            stream.lease.release()
         self._streams.discard(stream)
         principal = stream.request.principal
         if principal is not None:
@@ -209,6 +241,8 @@ class GatewayStream(AsyncIterator[Event]):
         self.model = model
         #: The model the stream was admitted for (counted against its limit); `model` may move to a fallback.
         self.admitted_model = model
+        #: Its place under its key's limit across the cores, when shared (`Gateway.open`).
+        self.lease: Lease | None = None
         self._events: AsyncGenerator[Event, None] | None = None
         self._abort: StreamError | None = None
         # One lazy timer bounds every wait on the upstream (see `_run` and ARCHITECTURE.md): a token

@@ -9,7 +9,8 @@ it is ended as cancelled, with its usage. A finished replay is kept for `resume_
 `resume_buffer_bytes`, the oldest finished ones going first. What is gone is answered NOT_FOUND,
 never generated again.
 
-`ReplayStore` is the interface (in memory here; a shared store comes with scale-out).
+`ReplayStore` is the interface (in memory here; `streamgate.core.shared` copies each replay to Redis,
+so that another core serves a reconnect).
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ EVENT_OVERHEAD = 64
 
 def _size(event: Event) -> int:
     return EVENT_OVERHEAD + (len(event.content) if isinstance(event, Chunk) else 0)
+
+
+def replay_not_found(stream_id: str) -> StreamError:
+    return StreamError(
+        ErrorCode.NOT_FOUND,
+        f"stream {stream_id!r} cannot be resumed: it is unknown here, or its replay was dropped"
+        " (it is never generated again)",
+    )
 
 
 class Replay:
@@ -143,11 +152,7 @@ class MemoryReplayStore:
         self._expire()
         replay = self._replays.get(stream_id)
         if replay is None or replay.principal != principal:  # another key's stream is not there for you
-            raise StreamError(
-                ErrorCode.NOT_FOUND,
-                f"stream {stream_id!r} cannot be resumed: it is unknown here, or its replay was dropped"
-                " (it is never generated again)",
-            )
+            raise replay_not_found(stream_id)
         return replay
 
     def remove(self, stream_id: str) -> None:

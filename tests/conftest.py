@@ -38,7 +38,7 @@ CoreFactory = Callable[..., Awaitable[CoreServer]]
 @pytest.fixture
 async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
     """Start a core on a free port; keyword arguments override `LiteLLMConfig` fields (`ledger`, `data_dir`,
-    `admins` and `tracer_provider` are `CoreServerConfig`'s).
+    `admins`, `tracer_provider`, `redis_url` and `redis_fail` are `CoreServerConfig`'s).
 
     By default it talks to the test upstream as `openai/fake`.
     """
@@ -50,7 +50,9 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
         keyring = overrides.pop("keyring", Keyring())
         link_token = overrides.pop("link_token", LINK_TOKEN)
         server_fields = {
-            k: overrides.pop(k) for k in ("ledger", "data_dir", "admins", "tracer_provider") if k in overrides
+            k: overrides.pop(k)
+            for k in ("ledger", "data_dir", "admins", "tracer_provider", "redis_url", "redis_fail")
+            if k in overrides
         }
         fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key", "retry_backoff": 0.01}
         fields["coalesce"] = False  # chunk-level assertions: one chunk a token (tests/core/test_coalesce.py: on)

@@ -160,10 +160,47 @@ def _core_flags(parser: argparse.ArgumentParser) -> None:
         (),
         "comma-separated key holders (names in --api-keys-file) who may read everyone's usage; others read their own",
     )
+    shared = parser.add_argument_group("state shared by several cores (per-key limits, budgets, resumable streams)")
+    _add(
+        shared,
+        "--redis-url",
+        _redis_url,
+        None,
+        "redis://[:PASSWORD@]HOST[:PORT][/DB]: per-key limits, budgets and resumable streams' replays shared by"
+        " every core that names the same Redis (prefer the environment variable: a URL may hold a password);"
+        " unset: each core counts alone",
+    )
+    _add(
+        shared,
+        "--redis-fail",
+        _fail_rule,
+        "open",
+        "while Redis cannot be reached: open (admit under this core's own limits) or closed (refuse with"
+        " UNAVAILABLE the streams a per-key limit or budget applies to)",
+    )
     auth = parser.add_argument_group("authentication (off unless keys are given)")
     _add(auth, "--api-keys", str, None, "comma-separated API keys; prefer the environment variable to the flag")
     _add(auth, "--api-keys-file", str, None, "file of API keys, one 'name: key' (or 'key') per line")
     _add(auth, "--max-streams-per-key", int, 0, "streams one API key may hold open (0: no per-key limit)")
+
+
+def _redis_url(text: str) -> str | None:
+    """A Redis URL: it may hold a password, so an error never repeats it."""
+    if not text:
+        return None
+    from streamgate.core.shared import check_redis_url
+
+    try:
+        check_redis_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _fail_rule(text: str) -> str:
+    if text not in ("open", "closed"):
+        raise argparse.ArgumentTypeError(f"expected open or closed, got {text[:20]!r}")
+    return text
 
 
 def _bridge_flags(parser: argparse.ArgumentParser, with_core: bool) -> None:
@@ -319,6 +356,8 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         ledger=args.ledger,
         data_dir=args.data_dir,
         admins=args.admins,
+        redis_url=args.redis_url,
+        redis_fail=args.redis_fail,
     )
     return config, server
 
@@ -373,6 +412,7 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
         "api_keys_file",
         "max_streams_per_key",
         "preconnect",
+        "redis_fail",
     )
     argv = []
     for name in names:
@@ -439,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from streamgate.serve import serve
 
             _core_configs(args)  # validate before starting anything
-            for flag in ("--upstream-api-key", "--api-keys", "--ledger"):  # secrets reach the core by environment
+            secrets = ("--upstream-api-key", "--api-keys", "--ledger", "--redis-url")
+            for flag in secrets:  # secrets reach the core by environment
                 value = getattr(args, flag[2:].replace("-", "_"))
                 if value:
                     os.environ[_env_name(flag)] = value

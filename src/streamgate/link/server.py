@@ -38,12 +38,13 @@ import dataclasses
 import hmac
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 
 import streamgate._telemetry as _telemetry
 from streamgate.contract import GRPC_STATUS, error_to_proto, event_to_proto, invalid, request_from_proto
-from streamgate.core import Chunk, ErrorCode, Event, Failure, Gateway, GatewayStream, StreamError
+from streamgate.core import Chunk, ErrorCode, Event, Failure, Gateway, GatewayStream, StreamError, StreamRequest
 from streamgate.core.auth import Keyring
 from streamgate.core.replay import Replay
 from streamgate.link.v1 import link_pb2 as link_pb
@@ -51,6 +52,9 @@ from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
 
 from ._wire import BATCH_BYTES, TOKEN_ENV, TOKEN_HEADER
+
+if TYPE_CHECKING:
+    from streamgate.core.shared import Lease, RemoteReplay
 
 logger = logging.getLogger("streamgate.rpc")
 
@@ -218,7 +222,7 @@ class RelaySession:
         self._outbox = _Outbox(merge=gateway.config.coalesce)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         #: The resumable streams read on this call, by stream id: a cancel with `stop` ends them.
-        self._replays: dict[int, Replay] = {}
+        self._replays: dict[int, Replay | RemoteReplay] = {}
         #: The other streams of this call, by stream id: a cancel with `finish` ends them as cancelled.
         self._live: dict[int, GatewayStream] = {}
         self._handler: asyncio.Task[object] | None = None
@@ -330,28 +334,54 @@ class RelaySession:
             self._replays.pop(stream_id, None)
             self._live.pop(stream_id, None)
 
-    def _events(
-        self, stream_id: int, command: link_pb.RelayOpen | link_pb.RelayAttach
-    ) -> tuple[str, AsyncIterator[Event]]:
-        """The stream a command asks for, admitted (or attached to): its request id and its events."""
-        gateway = self._gateway
-        principal = self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
-        if isinstance(command, link_pb.RelayAttach):
-            replay = self._replays[stream_id] = gateway.replays.find(command.request_id, principal)
-            return replay.stream_id, replay.read(command.after)
-        request = request_from_proto(command.request, principal)
+    def _principal(self, command: link_pb.RelayOpen | link_pb.RelayAttach) -> str | None:
+        return self._keyring.authenticate(command.authorization or None) if self._keyring.enabled else None
+
+    def _request(self, stream_id: int, command: link_pb.RelayOpen) -> StreamRequest:
+        request = request_from_proto(command.request, self._principal(command))
         if command.transport:
             transport = BRIDGE_TRANSPORTS.get(command.transport)
             if transport is None:
                 raise invalid(f"stream {stream_id}: unknown transport {command.transport[:20]!r}")
             request = dataclasses.replace(request, transport=transport)
+        return request
+
+    def _events(
+        self,
+        stream_id: int,
+        command: link_pb.RelayOpen | link_pb.RelayAttach,
+        request: StreamRequest | None = None,
+        lease: Lease | None = None,
+    ) -> tuple[str, AsyncIterator[Event]]:
+        """The stream a command asks for, admitted (or attached to): its request id and its events."""
+        gateway = self._gateway
+        if isinstance(command, link_pb.RelayAttach):
+            replay = self._replays[stream_id] = gateway.replays.find(command.request_id, self._principal(command))
+            return replay.stream_id, replay.read(command.after)
+        if request is None:
+            request = self._request(stream_id, command)
         if command.traceparent and gateway.tracer is not None:  # the bridge's span: the parent of the core's
             _telemetry.adopt(command.traceparent, command.tracestate)  # (in this stream's own task)
         if request.resumable:
-            replay = self._replays[stream_id] = gateway.open_resumable(request)
+            replay = self._replays[stream_id] = gateway.open_resumable(request, lease)
             return request.request_id, replay.read()
-        stream = self._live[stream_id] = gateway.open(request)
+        stream = self._live[stream_id] = gateway.open(request, lease)
         return stream.request.request_id, stream
+
+    async def _shared_events(
+        self, stream_id: int, command: link_pb.RelayOpen | link_pb.RelayAttach
+    ) -> tuple[str, AsyncIterator[Event]]:
+        """`_events` with state shared across cores (`--redis-url`): the stream's lease is taken first,
+        and an attach finds a stream another core runs too (read from Redis)."""
+        gateway = self._gateway
+        assert gateway.shared is not None
+        if isinstance(command, link_pb.RelayAttach):
+            principal = self._principal(command)
+            replay = self._replays[stream_id] = await gateway.find_replay(command.request_id, principal)
+            return replay.stream_id, replay.read(command.after)
+        request = self._request(stream_id, command)
+        lease = await gateway.shared.admit(request)
+        return self._events(stream_id, command, request, lease)
 
     def _model_of(self, stream_id: int) -> str:
         live = self._live.get(stream_id)
@@ -367,7 +397,10 @@ class RelaySession:
         ended = False
         try:
             try:
-                request_id, stream = self._events(stream_id, command)
+                if self._gateway.shared is None:
+                    request_id, stream = self._events(stream_id, command)
+                else:
+                    request_id, stream = await self._shared_events(stream_id, command)
             except StreamError as error:
                 outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
                 return

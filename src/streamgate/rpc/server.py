@@ -22,6 +22,7 @@ import streamgate._telemetry as _telemetry
 from streamgate.core import Gateway, LiteLLMConfig, LiteLLMProvider
 from streamgate.core.auth import Keyring
 from streamgate.core.ledger import ledger_kind, open_ledger
+from streamgate.core.shared import FailRule, SharedConfig, check_redis_url
 from streamgate.link._wire import server_ping_policy
 from streamgate.link.server import LinkServicer
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
@@ -59,6 +60,12 @@ class CoreServerConfig:
     data_dir: str = ".streamgate"
     #: Key holders who may read everyone's usage (the others read their own).
     admins: tuple[str, ...] = ()
+    #: Per-key limits, budgets and replays shared by every core through Redis (`streamgate.core.shared`):
+    #: a redis:// URL (it may hold a password: never logged), or None: each core counts alone.
+    redis_url: str | None = field(default=None, repr=False)
+    #: While Redis cannot be reached, the admissions it would decide: "open" (under this core's own
+    #: limits) or "closed" (UNAVAILABLE).
+    redis_fail: FailRule = "open"
     #: Where each stream's spans go (`streamgate._telemetry`); None: traces off.
     tracer_provider: TracerProvider | None = field(default=None, repr=False, compare=False)
 
@@ -74,6 +81,10 @@ class CoreServerConfig:
         ):
             raise ValueError("link_token must be at least 16 printable ASCII characters")  # never the value
         ledger_kind(self.ledger)  # a bad --ledger fails at start-up, never with its value (a password)
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)  # never with its value either
+        if self.redis_fail not in ("open", "closed"):
+            raise ValueError(f"redis_fail must be open or closed, got {self.redis_fail[:20]!r}")
 
 
 class CoreServer:
@@ -120,6 +131,10 @@ class CoreServer:
         )
         await self.gateway.provider.warm_up()
         self.gateway.ledger = await open_ledger(sc.ledger, sc.data_dir)
+        if sc.redis_url is not None:  # before the budgets load: the shared book is the one loaded
+            from streamgate.core.shared import share
+
+            await share(self.gateway, SharedConfig(sc.redis_url, sc.redis_fail))
         await self.gateway.budgets.load(self.gateway.ledger)  # the ledger is the truth: a restart forgets nothing
         if self.gateway.budgets and sc.ledger == "off":
             logger.warning("budgets are counted in memory only: with --ledger off, a restart forgets what was spent")
@@ -154,6 +169,8 @@ class CoreServer:
         if self._server is not None:
             await self._server.stop(1.0)
         await self.gateway.provider.close()
+        if self.gateway.shared is not None:  # after the drain: releases, costs and replays written
+            await self.gateway.shared.close()
         await self.gateway.ledger.aclose()  # after the drain: every stream's row is queued; written or spilled
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

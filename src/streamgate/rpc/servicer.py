@@ -88,10 +88,14 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
                 remaining = max(remaining - DEADLINE_MARGIN, 0.001)
                 if stream_request.timeout is None or remaining < stream_request.timeout:
                     stream_request = dataclasses.replace(stream_request, timeout=remaining)
+            # With limits shared across cores (--redis-url), the lease is taken first (one round trip);
+            # without, nothing is awaited here.
+            shared = self.gateway.shared
+            lease = None if shared is None else await shared.admit(stream_request)
             stream: AsyncIterator[Event] = (
-                self.gateway.open_resumable(stream_request).read()
+                self.gateway.open_resumable(stream_request, lease).read()
                 if stream_request.resumable
-                else self.gateway.open(stream_request)
+                else self.gateway.open(stream_request, lease)
             )
         except StreamError as error:
             await _abort(context, error)
@@ -147,7 +151,7 @@ class StreamGateServicer(pb_grpc.StreamGateServiceServicer):
     ) -> AsyncIterator[pb.AttachResponse]:
         """A resumable stream read again from `after`: its replay, then its live tail; never a generation."""
         try:
-            replay = self.gateway.replays.find(request.request_id, self._authenticate(context))
+            replay = await self.gateway.find_replay(request.request_id, self._authenticate(context))
         except StreamError as error:
             await context.abort(GRPC_STATUS[error.code], error.message)
         async with contextlib.aclosing(replay.read(request.after)) as events:
