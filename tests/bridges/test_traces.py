@@ -20,11 +20,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from streamgate.core.auth import Keyring
 from streamgate.testing.sse import read_events
 from streamgate.testing.upstream import FakeUpstream, Scenario
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
-from tests.conftest import BridgeFactory, CoreFactory, collect, eventually
+from tests.conftest import LINK_TOKEN, BridgeFactory, CoreFactory, collect, eventually
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -272,3 +273,24 @@ async def test_a_generate_calls_traceparent_metadata_is_the_parent_of_its_stream
     assert (_trace(traced), _parent(traced)) == (TRACE_ID, CALLER_SPAN)
     assert untraced.parent is None and _trace(untraced) != TRACE_ID
     assert untraced.attributes is not None and untraced.attributes["streamgate.transport"] == "grpc"
+
+
+async def test_no_span_holds_a_key_and_the_core_names_the_keys_holder(
+    make_core: CoreFactory, make_bridge: BridgeFactory, spans: Spans, http: aiohttp.ClientSession
+) -> None:
+    key = "sk-traced-0123456789-secret"
+    core = await make_core(
+        tracer_provider=spans.provider("streamgate-core"), keyring=Keyring.from_lines([f"alice: {key}"])
+    )
+    bridge = await make_bridge(core=core.address, tracer_provider=spans.provider("streamgate-bridge"))
+    headers = {"Authorization": f"Bearer {key}", "traceparent": TRACEPARENT}
+    async with http.post(f"{bridge.url}/query/stream", json={"query": "Hello"}, headers=headers) as response:
+        frames = [frame async for frame in read_events(response)]
+    assert frames[-1]["is_final"] is True
+
+    found = await spans.wait(3)
+    (stream,) = spans.of("streamgate-core", SpanKind.SERVER)
+    assert stream.attributes is not None and stream.attributes["streamgate.key_holder"] == "alice"
+    values = [str(value) for span in found for value in (span.attributes or {}).values()]
+    for secret in (key, "test-key", LINK_TOKEN):  # the client's key, the upstream's, the link's
+        assert not any(secret in value for value in values)
