@@ -96,6 +96,10 @@ class Job:
     window: tuple[float, float] | None = None
     #: Seeds the lengths drawn (each slot draws from its own generator: the same job asks the same).
     seed: int = 0
+    #: Name each stream (`request_id` and `user` in its body, which the gateway passes on to the
+    #: upstream) and keep the wall-clock time of its request and of each chunk (`Result.traces`),
+    #: for benchmarks.trace to follow it through every process.
+    trace: bool = False
 
 
 @dataclass
@@ -122,6 +126,9 @@ class Result:
     window_tokens: int = 0
     window_chunks: int = 0
     window_cpu_s: float = 0.0
+    #: Traced streams (`Job.trace`): name, time.time() of the request, and of each chunk with the
+    #: stream's tokens received by then.
+    traces: list[tuple[str, float, list[tuple[float, int]]]] = field(default_factory=list)
 
     @property
     def wall_s(self) -> float:
@@ -150,6 +157,7 @@ class Result:
             window_tokens=self.window_tokens + other.window_tokens,
             window_chunks=self.window_chunks + other.window_chunks,
             window_cpu_s=self.window_cpu_s + other.window_cpu_s,
+            traces=self.traces + other.traces,
         )
 
 
@@ -170,7 +178,7 @@ ALWAYS = (-math.inf, math.inf)
 class Recorder:
     """One stream's timings, written into the worker's `Result` (within `window`, perf_counter times)."""
 
-    __slots__ = ("chunks", "hi", "last", "lo", "max_tokens", "result", "stop_after", "t0", "tokens")
+    __slots__ = ("chunks", "hi", "last", "lo", "max_tokens", "name", "result", "stop_after", "t0", "times", "tokens")
 
     def __init__(
         self,
@@ -187,6 +195,18 @@ class Recorder:
         self.last = 0.0
         self.chunks = 0
         self.tokens = 0
+        #: A traced stream's name, and the perf_counter time of each chunk with the tokens by then.
+        self.name = ""
+        self.times: list[tuple[float, int]] | None = None
+
+    def trace(self, name: str) -> None:
+        self.name = name
+        self.times = []
+
+    def traced(self) -> tuple[str, float, list[tuple[float, int]]]:
+        """This traced stream in time.time(): its name, its request, its chunks (with the tokens by then)."""
+        offset = time.time() - time.perf_counter()
+        return self.name, self.t0 + offset, [(t + offset, tokens) for t, tokens in self.times or ()]
 
     def chunk(self, now: float, content: str) -> bool:
         """Record a chunk; True when the client leaves now."""
@@ -202,6 +222,8 @@ class Recorder:
         self.last = now
         self.chunks += 1
         self.tokens += n
+        if self.times is not None:
+            self.times.append((now, self.tokens))
         return self.stop_after is not None and self.tokens >= self.stop_after
 
 
@@ -253,6 +275,10 @@ class SseTransport:
         body = dict(self.target.body)
         if rec.max_tokens:
             body["max_tokens"] = rec.max_tokens
+        if rec.name:  # the gateway passes `user` on to the upstream; streamgate takes `request_id` as its own
+            body["user"] = rec.name
+            if self.target.dialect == "streamgate":
+                body["request_id"] = rec.name
         async with self.session.post(self.target.address, json=body, headers=dict(self.target.headers)) as response:
             if response.status != 200:
                 raise StreamFailed(f"HTTP {response.status}: {(await response.text())[:200]}")
@@ -365,6 +391,8 @@ async def _stream(
     result = rec.result
     result.streams += 1
     result.first_start = min(result.first_start, time.time())
+    if job.trace:
+        rec.trace(f"t{job.first}x{result.streams}")
     counted = False
 
     def opened() -> None:
@@ -402,6 +430,8 @@ async def _stream(
         result.tokens += rec.tokens
         result.busy_s += (rec.last or time.perf_counter()) - rec.t0
         result.last_end = max(result.last_end, time.time())
+        if rec.times is not None:
+            result.traces.append(rec.traced())
 
 
 def _own_cpu() -> float:
@@ -506,6 +536,10 @@ class ClientPool:
     @property
     def size(self) -> int:
         return len(self._workers)
+
+    @property
+    def pids(self) -> list[int]:
+        return [worker.process.pid for worker in self._workers if worker.process.pid is not None]
 
     def open_streams(self) -> int:
         return sum(worker.opened.value for worker in self._workers)

@@ -96,6 +96,20 @@ def cpu_seconds(pid: int) -> float:
     return total / TICKS
 
 
+def sched_seconds(pid: int) -> tuple[float, float]:
+    """Seconds `pid` and its live descendants (every thread) ran on a CPU, and waited for one while
+    runnable (/proc/PID/task/TID/schedstat): the wait is what other work on the machine cost them."""
+    ran = waited = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{member}/task"):
+                with contextlib.suppress(OSError, ValueError), open(f"/proc/{member}/task/{task}/schedstat") as stat:
+                    fields = stat.read().split()
+                    ran += int(fields[0])
+                    waited += int(fields[1])
+    return ran / 1e9, waited / 1e9
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of `pid` and its descendants, from /proc/PID/statm."""
     total = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -445,37 +446,52 @@ async def _at(moment: float, read: Callable[[], T]) -> T:
 
 
 async def steady_step(
-    deployment: Deployment | None, upstream: Upstream, pool: ClientPool, streams: int, s: Settings
+    deployment: Deployment | None,
+    upstream: Upstream,
+    pool: ClientPool,
+    streams: int,
+    s: Settings,
+    trace: bool = False,
+    start_at: float = 0.0,
 ) -> SteadyStep:
     """`streams` closed-loop slots through `deployment` (None: straight to the upstream), two client
-    workers; the servers' and the upstream's CPU over the measured window."""
+    workers; the servers' and the upstream's CPU over the measured window. `trace`: name each stream
+    and keep its chunks' times (benchmarks.trace); `start_at`: when the first slot starts (time.time()),
+    by default half a second from now."""
     await wait_upstream_idle(upstream)
     await asyncio.sleep(0.3)
     target = upstream.target if deployment is None else deployment.target
-    start_at = time.time() + 0.5
-    job = steady_job(target, streams, s, start_at)
-    assert job.window is not None
-    per_worker = math.ceil(streams / 2)  # two client processes
+    job = dataclasses.replace(steady_job(target, streams, s, start_at or time.time() + 0.5), trace=trace)
+    return await windowed(deployment, upstream, pool, job, s.steady_first_token_delay)
+
+
+async def windowed(
+    deployment: Deployment | None, upstream: Upstream, pool: ClientPool, job: Job, first_token_delay: float
+) -> SteadyStep:
+    """Run `job` (it has a start and a window) from two client workers, with the servers' and the
+    upstream's CPU read at the window's ends."""
+    assert job.window is not None and job.start_at
+    start_at, window = job.start_at, job.window
 
     def read() -> tuple[dict[str, float], float]:
         return (deployment.cpu() if deployment is not None else {}), upstream.server.cpu()
 
-    first = asyncio.ensure_future(_at(start_at + job.window[0], read))
-    last = asyncio.ensure_future(_at(start_at + job.window[1], read))
+    first = asyncio.ensure_future(_at(start_at + window[0], read))
+    last = asyncio.ensure_future(_at(start_at + window[1], read))
     try:
-        result = await pool.run(job, per_worker=per_worker)
+        result = await pool.run(job, per_worker=math.ceil(job.streams / 2))  # two client processes
         (server0, upstream0), (server1, upstream1) = await first, await last
     finally:
         first.cancel()
         last.cancel()
-    window_s = job.window[1] - job.window[0]
+    window_s = window[1] - window[0]
     cpu = Cpu(
         server={name: server1[name] - server0[name] for name in server0},
         upstream=upstream1 - upstream0,
         client=result.window_cpu_s,
         wall_s=window_s,
     )
-    return SteadyStep(streams, result, s.steady_first_token_delay, window_s, cpu)
+    return SteadyStep(job.streams, result, first_token_delay, window_s, cpu)
 
 
 def describe_steady(step: SteadyStep) -> str:

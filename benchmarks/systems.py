@@ -65,9 +65,20 @@ class Upstream:
             return counters
 
 
-async def start_upstream(pace: Pace, session: aiohttp.ClientSession, port: int) -> Upstream:
+#: The command line of a server process by its role (upstream, core, bridge), from its arguments:
+#: the plain command by default; benchmarks.trace runs each through its hooks instead.
+Launch = Callable[[str, list[str]], list[str]]
+
+
+def plain(role: str, args: list[str]) -> list[str]:
+    if role == "upstream":
+        return [PYTHON, "-m", "streamgate.testing.upstream", *args]
+    return [*_command("streamgate", "streamgate.cli"), *args]
+
+
+async def start_upstream(pace: Pace, session: aiohttp.ClientSession, port: int, launch: Launch = plain) -> Upstream:
     """The upstream on `port`: restarted there with each new pace, the gateways in front keep its URL."""
-    argv = [PYTHON, "-m", "streamgate.testing.upstream", "--port", str(port), *pace.argv()]
+    argv = launch("upstream", ["--port", str(port), *pace.argv()])
     return Upstream(await procs.start("upstream", argv, r"upstream listening on (\S+)"), session)
 
 
@@ -115,19 +126,22 @@ async def _started(servers: dict[str, Server], start: Awaitable[Server]) -> Serv
 LINK_TOKEN_ENV = "STREAMGATE_LINK_TOKEN"
 
 
-async def deploy_streamgate(pace: Pace, upstream: Upstream, workdir: Path) -> Deployment:
+async def deploy_streamgate(pace: Pace, upstream: Upstream, workdir: Path, launch: Launch = plain) -> Deployment:
     """Core and bridge as two processes, linked by a token made for this deployment (as `streamgate serve` does)."""
-    cli = [*_command("streamgate", "streamgate.cli"), "--log-level", "INFO"]
+    options = ["--log-level", "INFO"]
     env: dict[str, str | None] = {LINK_TOKEN_ENV: secrets.token_urlsafe(32)}
-    core_argv = [
-        *cli,
+    core_argv = launch(
         "core",
-        *("--model", "openai/fake", "--api-base", upstream.api_base, "--upstream-api-key", "x"),
-        *("--metrics-port", "off", "--max-concurrent-streams", "10000", "--grpc-port", "0"),
-    ]
+        [
+            *options,
+            "core",
+            *("--model", "openai/fake", "--api-base", upstream.api_base, "--upstream-api-key", "x"),
+            *("--metrics-port", "off", "--max-concurrent-streams", "10000", "--grpc-port", "0"),
+        ],
+    )
     servers: dict[str, Server] = {}
     servers["core"] = await _started(servers, procs.start("core", core_argv, r"core listening on (\S+)", env=env))
-    bridge_argv = [*cli, "bridge", "--core", servers["core"].address, "--http-port", "0"]
+    bridge_argv = launch("bridge", [*options, "bridge", "--core", servers["core"].address, "--http-port", "0"])
     bridge = procs.start("bridge", bridge_argv, r"bridge listening on (\S+)", env=env)
     servers["bridge"] = await _started(servers, bridge)
     body = {"query": "go", "model": "openai/fake"}
