@@ -1,10 +1,20 @@
-"""What both ends of the link agree on besides the messages: the batch limit and the token's metadata key."""
+"""What both ends of the link agree on besides the messages: the batch limit, the merge rule, the token's
+metadata key and the pings."""
 
 from __future__ import annotations
 
 #: A batch (of commands one way, of frames the other) stops growing past this many bytes: well
 #: under the 16 MiB a gRPC message may have.
 BATCH_BYTES = 4 * 1024 * 1024
+
+
+def merged_text(parts: list[str]) -> str:
+    """The one merge rule of the link, on both ends (the core's outbox, the bridge's queue): chunks of
+    one stream that waited together become one chunk, their text in order, carrying the index of the
+    last one (the sequence it reaches: SSE ids and resumes count from it). Never across a final event."""
+    return "".join(parts)
+
+
 #: Metadata key of the link token a `Relay` call must carry.
 TOKEN_HEADER = "x-streamgate-link-token"
 #: The variable that holds the link token on both sides (the `--link-token` flag's).

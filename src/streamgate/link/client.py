@@ -49,7 +49,7 @@ from streamgate.contract import (
     error_from_status,
     event_from_proto,
 )
-from streamgate.link._wire import BATCH_BYTES, TOKEN_HEADER, client_keepalive
+from streamgate.link._wire import BATCH_BYTES, TOKEN_HEADER, client_keepalive, merged_text
 from streamgate.link.v1 import link_pb2 as link_pb
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
@@ -239,7 +239,7 @@ class CoreStream:
                             parts.append(nxt.content)
                             last = nxt.index
                             queue.popleft()
-                        event = Chunk("".join(parts), last)  # its sequence: the last index it holds
+                        event = Chunk(merged_text(parts), last)  # its sequence: the last index it holds
                     if self.first_chunk is None:
                         self.first_chunk = time.perf_counter()
                     self.text.append(event.content)

@@ -51,7 +51,7 @@ from streamgate.link.v1 import link_pb2 as link_pb
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
 
-from ._wire import BATCH_BYTES, TOKEN_ENV, TOKEN_HEADER
+from ._wire import BATCH_BYTES, TOKEN_ENV, TOKEN_HEADER, merged_text
 
 if TYPE_CHECKING:
     from streamgate.core.shared import Lease, RemoteReplay
@@ -204,7 +204,7 @@ class _Outbox:
                 stream.pending -= item.size
                 if stream.open is item:
                     stream.open = None  # on its way: later text starts a new chunk
-                chunk = pb.Chunk(content="".join(item.parts), index=item.index)
+                chunk = pb.Chunk(content=merged_text(item.parts), index=item.index)
                 frame = link_pb.RelayFrame(stream_id=stream.id, event=pb.GenerateResponse(chunk=chunk))
             batch.append(frame)
         self.size -= taken_size
