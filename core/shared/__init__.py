@@ -10,13 +10,15 @@ included): the path of a stream pays nothing for it. With it:
   its streams count against their key for at most `lease_seconds`. (`_state.py`)
 - **Budgets**: each key holder's spend of the period is a number in Redis, added to as streams end
   and read at each admission of a budgeted key, in the same round trip as the lease. (`_budgets.py`)
-- **Replays of resumable streams**: copied to a Redis stream in batches, so that a client resumes
-  through any core; the core that runs a stream still serves its own readers from memory.
-  (`_replay.py`)
+- **Replays of resumable streams**: copied to a Redis stream (one write every 10 ms at most for all
+  of a core's streams), so that a client resumes through any core; the core that runs a stream still
+  serves its own readers from memory. (`_replay.py`)
 
 The admission's round trip is `SharedState.admit()`, awaited before `Gateway.open()` (which stays
 synchronous) by the gRPC servicer and the link; only a stream that a per-key limit or a budget
-applies to makes one. When Redis cannot be reached, running streams go on, and new admissions follow
+applies to makes one, and concurrent admissions share it (one pipeline in flight at a time).
+Redis Cluster is not supported (the scripts touch several keys): one Redis, or a primary that a
+failover replaces. When Redis cannot be reached, running streams go on, and new admissions follow
 `--redis-fail`: `open` (the default) admits under this core's own limits, `closed` refuses with
 UNAVAILABLE the streams a per-key limit or budget applies to.
 """

@@ -1,7 +1,7 @@
 """Budgets shared by the cores: each key holder's spend of the current period is a number in Redis.
 
 The key is `{prefix}:spend:{holder digest}:{day|month}:{period start}`, with an expiry a day past the
-period's end. A finished stream's cost is added to it (INCRBYFLOAT, queued and written by the keeper,
+period's end. A finished stream's cost is added to it (INCRBYFLOAT, queued and sent by the courier,
 a few milliseconds later); an admission of a budgeted key reads it in the same round trip as its lease
 (`SharedState.admit`), so a core checks the spend of every core as of that moment: what it does not
 see yet is the cost of streams that ended in the last few milliseconds elsewhere (and, as on one core,

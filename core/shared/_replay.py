@@ -8,16 +8,18 @@ holder is in the name, so another key finds nothing there: only the key that ope
 it again, as on one core.
 
 Writes are batched: each event only marks its replay; one writer task sends every marked replay's new
-entries in one pipeline (a script per replay), then pauses `WRITE_PAUSE`, so a stream costs one
-round trip per batch, not per token. The replay lives `lease_seconds` while the stream runs
-(refreshed by each write and by the keeper), then `--resume-window` after its end (at least a
-second). Bounds: one stream's entries hold at most `--resume-buffer-bytes` (counted as in memory; past
-it the oldest are trimmed, XTRIM MINID, and a reader from before them gets NOT_FOUND); Redis's own
-`maxmemory` bounds them all (every replay has an expiry: a `volatile-*` policy may evict them).
+entries in one command (the APPEND script, at most `WRITE_BYTES`), then pauses `WRITE_INTERVAL` (10
+ms): a core makes at most about a hundred writes a second whatever its number of streams and tokens,
+and a replay in Redis lags its stream by about that much. The replay lives `lease_seconds` while the
+stream runs (refreshed by each write and by the courier's periodic refresh), then `--resume-window`
+after its end (at least a second). Bounds: one stream's entries hold at most `--resume-buffer-bytes`
+(counted as in memory; past it the oldest are trimmed, XTRIM MINID, and a reader from before them
+gets NOT_FOUND); Redis's own `maxmemory` bounds them all (every replay has an expiry: a `volatile-*`
+policy may evict them).
 
-Redis away: a stream's events wait in its in-memory replay (bounded by that store) and are written
-when Redis is back (the whole replay again if Redis lost it); a replay this core's store dropped by
-then is not shared.
+Redis away: a stream's events wait in its replay, in memory, and are written when Redis is back (the
+whole replay again if Redis lost it). At most `MAX_WRITERS` replays wait so; past it, the finished
+ones that this core's store has dropped go first (never shared), then the oldest finished ones.
 
 A core asked for a stream it does not run (`Gateway.find_replay`) reads it from Redis
 (`RemoteReplay`): XRANGE from the client's sequence, then XREAD BLOCK for the live tail, to the final
@@ -64,8 +66,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("streamgate.core")
 
-#: Seconds the writer pauses after a write, so that what comes meanwhile shares the next one.
-WRITE_PAUSE = 0.001
+#: Seconds the writer pauses after a write, so that what comes meanwhile shares the next one: a replay
+#: in Redis lags its stream by about this much (plus a round trip), and a core makes at most about
+#: 1 / WRITE_INTERVAL writes a second, whatever the number of streams and tokens.
+WRITE_INTERVAL = 0.01
+#: Bytes of events one write carries at most (counted as the store counts them); the rest waits a write.
+WRITE_BYTES = 4 * 1024 * 1024
 #: Milliseconds a remote reader's XREAD waits for the tail before it looks whether the stream lives.
 BLOCK_MS = 1000
 #: Entries a remote reader reads per command.
@@ -186,13 +192,13 @@ class SharedReplayStore(MemoryReplayStore):
             replay.stream.abort(StreamError(ErrorCode.CANCELLED, "cancelled by the client"))
 
     def refresh(self, pipe: Pipeline) -> None:
-        """The running replays already in Redis live another lease period (the keeper's refresh)."""
+        """The running replays already in Redis live another lease period (the periodic refresh)."""
         for replay, writer in self._writers.items():
             if writer.started and replay.final is None:
                 pipe.pexpire(writer.key, self._state.lease_ms)
 
     async def write_forever(self) -> None:
-        """The writer task: what the replays added, in one pipeline per batch."""
+        """The writer task: what the replays added, in one command per write, one write per `WRITE_INTERVAL`."""
         while True:
             await self._wake.wait()
             await self._state.wait_up()
@@ -203,25 +209,33 @@ class SharedReplayStore(MemoryReplayStore):
                 self._state.lost(exc)
                 self._wake.set()  # written again once Redis is back
                 continue
-            await asyncio.sleep(WRITE_PAUSE)
+            await asyncio.sleep(WRITE_INTERVAL)
 
     async def write_all(self) -> None:
-        """Write every marked replay's new events; on failure they stay marked."""
-        dirty, self._dirty = self._dirty, {}
-        try:
-            await self._write(dirty)
-        except BaseException:
-            self._dirty = dirty | self._dirty
-            raise
+        """Write every marked replay's new events (in writes of at most `WRITE_BYTES`); on failure they
+        stay marked."""
+        while self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            try:
+                await self._write(dirty)
+            except BaseException:
+                self._dirty = dirty | self._dirty
+                raise
 
     async def _write(self, dirty: dict[Replay, None]) -> None:
-        state = self._state
-        pipe = state.redis.pipeline(transaction=False)
+        """One APPEND script for every replay that has something new: what fits in `WRITE_BYTES`; the
+        rest stays marked for the next write."""
+        keys: list[str] = []
+        args: list[str | bytes | int] = []
         sent: list[tuple[Replay, _Writer, int, int, int]] = []
         bound = max(self.max_bytes, EVENT_OVERHEAD)
+        room = WRITE_BYTES
         for replay in dirty:
             writer = self._writers.get(replay)
             if writer is None:
+                continue
+            if room <= 0:
+                self._dirty[replay] = None
                 continue
             events = replay.events
             end = len(events)
@@ -229,33 +243,35 @@ class SharedReplayStore(MemoryReplayStore):
                 continue
             size, trim, final = writer.bytes, writer.trim, False
             entries: list[str | bytes] = []
-            for event in events[writer.written : end]:
+            at = writer.written
+            while at < end and room > 0:
+                event = events[at]
+                at += 1
                 size += _size(event)
+                room -= _size(event)
                 if isinstance(event, Chunk):
                     entries += (f"{event.index + 1}-0", "c", event.content)
                 else:
                     final = True
                     entries += (f"{replay.final_sequence + 1}-0", "f", event_to_proto(event).SerializeToString())
+            if at < end:
+                self._dirty[replay] = None  # the rest next time
             minid = ""
             if size > bound:  # the oldest entries go (never the last: the final, or the tail)
-                while size > bound and trim < end - 1:
+                while size > bound and trim < at - 1:
                     size -= _size(events[trim])
                     trim += 1
                 first = events[trim]
                 minid = f"{first.index + 1 if isinstance(first, Chunk) else replay.final_sequence + 1}-0"
-            ttl = self._window_ms if final else state.lease_ms
-            first_write = "0" if writer.started else "1"
-            pipe.eval(_scripts.APPEND, 1, writer.key, first_write, writer.token, ttl, minid, *entries)
-            sent.append((replay, writer, end, size, trim))
+            ttl = self._window_ms if final else self._state.lease_ms
+            keys.append(writer.key)
+            args += ("0" if writer.started else "1", writer.token, ttl, minid, len(entries) // 3, *entries)
+            sent.append((replay, writer, at, size, trim))
         if not sent:
             return
-        results = await pipe.execute(raise_on_error=False)
-        failed: BaseException | None = None
+        results = await self._state.redis.evalsha(_scripts.APPEND_SHA, len(keys), *keys, *args)
         for (replay, writer, end, size, trim), result in zip(sent, results, strict=True):
-            if isinstance(result, BaseException):
-                failed = result
-                self._dirty[replay] = None
-            elif result == 1:
+            if result == 1:
                 writer.written, writer.started, writer.bytes, writer.trim = end, True, size, trim
                 if replay.final is not None and end == len(replay.events):
                     self._forget(replay)  # all of it is there, final included
@@ -265,8 +281,6 @@ class SharedReplayStore(MemoryReplayStore):
             else:  # Redis lost it (a restart): all of it again
                 writer.written, writer.started, writer.bytes, writer.trim = 0, False, 0, 0
                 self._dirty[replay] = None
-        if failed is not None:
-            raise failed
 
     async def close(self) -> None:
         await self.reader.aclose()

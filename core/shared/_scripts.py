@@ -6,13 +6,15 @@ Times are Redis's own (`TIME`), so the cores' clocks need not agree. Needs Redis
 
 from __future__ import annotations
 
+import hashlib
+
 #: Admission: take a lease in the key's set of open streams (members: lease tokens, scores: when
-#: each expires, in ms) unless the key holds its limit already, after dropping expired leases and the
-#: ones this core has released but not yet removed; and read the key holder's spend of the period
-#: (set to this core's figure when absent: a Redis that lost it starts from the ledger's).
+#: each expires, in ms) unless the key holds its limit already, after dropping expired leases; and
+#: read the key holder's spend of the period (set to this core's figure when absent: a Redis that
+#: lost it starts from the ledger's).
 #:
 #: KEYS: the lease set (when ARGV[1] is 1), then the spend key (when ARGV[2] is 1).
-#: ARGV: lease?, spend?, token, limit, lease ms, spend seed, spend expiry (unix s), released tokens...
+#: ARGV: lease?, spend?, token, limit, lease ms, spend seed, spend expiry (unix s).
 #: Returns {admitted 1/0, leases open before it, spend or ""}.
 ADMIT = """
 local t = redis.call('TIME')
@@ -22,7 +24,6 @@ local admitted, count, spent = 1, 0, ''
 if ARGV[1] == '1' then
   local leases = KEYS[k]
   k = k + 1
-  for i = 8, #ARGV do redis.call('ZREM', leases, ARGV[i]) end
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
   count = redis.call('ZCARD', leases)
   if count < tonumber(ARGV[4]) then
@@ -63,34 +64,54 @@ end
 return redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
 """
 
-#: A replay's new entries (a Redis stream: the marker `0-1` holding its writer's token, then chunk i
-#: as `{i+1}-0`, the final event as `{final sequence + 1}-0`). Idempotent: entries at or below the
-#: stream's last one are skipped (a write whose answer was lost may be sent again).
-#: KEYS: the replay. ARGV: first write?, writer token, ms to live, MINID to trim to (or ""), then
-#: (id, field, value) per entry.
-#: Returns 1 (written), 0 (the key is another stream's: the same request id), -1 (the replay is
-#: gone from Redis: write it again from the start).
+#: The replays' new entries, every replay with something new in one call. A replay is a Redis stream:
+#: the marker `0-1` holding its writer's token, then chunk i as `{i+1}-0`, the final event as
+#: `{final sequence + 1}-0`. Idempotent: entries at or below a stream's last one are skipped (a write
+#: whose answer was lost is sent again).
+#: KEYS: the replays. ARGV, for each in turn: first write?, writer token, ms to live, MINID to trim
+#: to (or ""), entry count n, then n (id, field, value).
+#: Returns per replay 1 (written), 0 (the key is another stream's: the same request id), -1 (the
+#: replay is gone from Redis: write it again from the start).
 APPEND = """
-local key = KEYS[1]
-local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-local last
-if #top == 0 then
-  if ARGV[1] ~= '1' then return -1 end
-  redis.call('XADD', key, '0-1', 'o', ARGV[2])
-  last = 0
-else
-  if ARGV[1] == '1' then
-    local first = redis.call('XRANGE', key, '0-1', '0-1')
-    if #first == 0 or first[1][2][2] ~= ARGV[2] then return 0 end
+local out = {}
+local a = 1
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local first, token, ttl, minid = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local from = a + 5
+  a = from + 3 * tonumber(ARGV[a + 4])
+  local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  local result, last = 1, 0
+  if #top == 0 then
+    if first == '1' then redis.call('XADD', key, '0-1', 'o', token) else result = -1 end
+  else
+    if first == '1' then
+      local marker = redis.call('XRANGE', key, '0-1', '0-1')
+      if #marker == 0 or marker[1][2][2] ~= token then result = 0 end
+    end
+    last = tonumber(string.match(top[1][1], '^(%d+)'))
   end
-  last = tonumber(string.match(top[1][1], '^(%d+)'))
-end
-for i = 5, #ARGV, 3 do
-  if tonumber(string.match(ARGV[i], '^(%d+)')) > last then
-    redis.call('XADD', key, ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  if result == 1 then
+    for i = from, a - 1, 3 do
+      if tonumber(string.match(ARGV[i], '^(%d+)')) > last then
+        redis.call('XADD', key, ARGV[i], ARGV[i + 1], ARGV[i + 2])
+      end
+    end
+    if minid ~= '' then redis.call('XTRIM', key, 'MINID', minid) end
+    redis.call('PEXPIRE', key, ttl)
   end
+  out[k] = result
 end
-if ARGV[4] ~= '' then redis.call('XTRIM', key, 'MINID', ARGV[4]) end
-redis.call('PEXPIRE', key, ARGV[3])
-return 1
+return out
 """
+
+
+#: Every script, loaded when Redis is reached (again): pipelines send their SHA1 (EVALSHA), not their text.
+ALL = (ADMIT, REFRESH, SPEND, APPEND)
+
+
+def sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+ADMIT_SHA, REFRESH_SHA, SPEND_SHA, APPEND_SHA = (sha(script) for script in ALL)

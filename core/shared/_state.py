@@ -2,10 +2,15 @@
 
 One `SharedState` per core. Its tasks:
 
-- the keeper: gives released leases back (ZREM, batched: each release only queues its token and
-  wakes the keeper), adds finished streams' costs to their key holder's spend, refreshes this core's
-  open leases and running replays a third of `lease_seconds` apart, and, while Redis is away,
-  tries it again every `probe_seconds`;
+- the courier: one pipeline at a time carries what waits, in order: released leases (ZREM), the
+  periodic refresh of this core's open leases and running replays (a third of `lease_seconds`
+  apart), finished streams' costs, and admissions (the ADMIT script). What comes while a pipeline
+  is in flight goes in the next one, so under load many admissions and releases share a round trip
+  (redis-py costs far more CPU per command than per pipeline), and when idle nothing waits: a lone
+  admission is sent at once. One pipeline at a time also keeps a release before a later admission,
+  and a refresh from bringing back a lease released after it;
+- the keeper: asks the courier for the refresh, and, while Redis is away, tries it again every
+  `probe_seconds`;
 - the listener: the replays' control channel (a client that reads a stream through another core
   keeps it alive, or stops it: `_replay.py`);
 - the replay writer (`SharedReplayStore`).
@@ -74,7 +79,7 @@ class Lease:
         self.token = token
 
     def release(self) -> None:
-        """Give the place back (queued: the keeper removes it from Redis, batched)."""
+        """Give the place back (queued: the courier removes it from Redis, with what else waits)."""
         self._state.release(self)
 
 
@@ -100,11 +105,15 @@ class SharedState:
         self.redis = connect(config.url)
         self.channel = f"{config.prefix}:replays"
         self.lease_ms = max(1, int(config.lease_seconds * 1000))
-        self._admit = self.redis.register_script(_scripts.ADMIT)
         self._tokens = itertools.count()
         self._up = False
         self._up_event = asyncio.Event()
+        #: Wakes the courier (something waits to be sent) and the keeper (Redis went away).
+        self._send = asyncio.Event()
         self._wake = asyncio.Event()
+        self._refresh_due = False
+        #: Admissions waiting for the courier: the script's keys and arguments, and who waits for its answer.
+        self._admissions: list[tuple[list[str], list[str | int], asyncio.Future[Any]]] = []
         #: Lease set → the tokens of this core's open streams in it.
         self._open: dict[str, set[str]] = {}
         #: Lease set → released tokens not yet removed from Redis.
@@ -152,16 +161,26 @@ class SharedState:
     def _back(self, first: bool) -> None:
         self._up = True
         self._up_event.set()
-        self._wake.set()
         if first:
             logger.info("shared state: per-key limits, budgets and replays in Redis at %s", self.config.location)
         else:
             logger.info("shared state: Redis at %s is back; limits are shared again", self.config.location)
 
+    async def _reach(self) -> None:
+        """Ping Redis and load the scripts (a Redis that restarted has none), on new connections (the
+        old ones were to a Redis that went away: each would fail once more)."""
+        await self.redis.connection_pool.disconnect()
+        await self.replays.reader.connection_pool.disconnect()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.ping()
+        for script in _scripts.ALL:
+            pipe.script_load(script)
+        await pipe.execute()
+
     async def start(self) -> None:
         """Reach Redis (a Redis that is away now is tried again in the background) and start the tasks."""
         try:
-            await self.redis.ping()
+            await self._reach()
         except REDIS_ERRORS as exc:
             self._up = True  # so that `lost` says it, once
             self.lost(exc)
@@ -169,6 +188,7 @@ class SharedState:
             self._back(first=True)
         loop = asyncio.get_running_loop()
         self._tasks = [
+            loop.create_task(self._courier(), name="streamgate-shared-courier"),
             loop.create_task(self._keep(), name="streamgate-shared-keeper"),
             loop.create_task(self._listen(), name="streamgate-shared-listener"),
             loop.create_task(self.replays.write_forever(), name="streamgate-shared-replays"),
@@ -183,8 +203,7 @@ class SharedState:
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await self.replays.write_all()
-                    await self._flush_releases()
-                    await self._flush_spend()
+                    await self._deliver()
             except (*REDIS_ERRORS, TimeoutError) as exc:
                 logger.warning("shared state: could not write what waited for Redis at close (%s)", type(exc).__name__)
         for task in list(self._background):
@@ -231,10 +250,12 @@ class SharedState:
             self.lease_ms,
             repr(spend[1].seed) if spend is not None else "0",
             spend[1].expires_at if spend is not None else 0,
-            *(self._releasing.get(lease.key, ()) if lease is not None else ()),
         ]
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._admissions.append((keys, args, answer))
+        self._send.set()
         try:
-            admitted, _, spent = await self._admit(keys=keys, args=args)
+            admitted, _, spent = await answer
         except REDIS_ERRORS as exc:
             self.lost(exc)
             return self._unshared(lease)
@@ -257,7 +278,7 @@ class SharedState:
 
     def _unshared(self, lease: Lease | None) -> Lease | None:
         """Redis is away: the fail rule. Open: admitted under this core's limits, the lease kept here
-        (the keeper adds it to Redis when it is back). Closed: UNAVAILABLE."""
+        (the refresh adds it to Redis when it is back). Closed: UNAVAILABLE."""
         if self.config.fail == "closed":
             if lease is not None:
                 self._queue_release(lease)
@@ -280,94 +301,126 @@ class SharedState:
             return  # Redis has been away a while: this lease expires by itself
         self._releasing.setdefault(lease.key, []).append(lease.token)
         self._release_count += 1
-        self._wake.set()
+        self._send.set()
 
     # -- budgets --------------------------------------------------------------------------------------
 
     def spend(self, key: str, spend: Spend, cost: float) -> None:
-        """Add `cost` to a key holder's spend in Redis (queued: the keeper writes it)."""
+        """Add `cost` to a key holder's spend in Redis (queued: the courier sends it)."""
         waiting = self._spending.get(key)
         if waiting is None:
             waiting = self._spending[key] = spend
         waiting.cost += cost
-        self._wake.set()
+        self._send.set()
 
     def pending_spend(self, key: str) -> float:
         waiting = self._spending.get(key)
         return waiting.cost if waiting is not None else 0.0
 
-    # -- the keeper -----------------------------------------------------------------------------------
+    # -- the courier and the keeper ------------------------------------------------------------------
 
-    async def _keep(self) -> None:
-        loop = asyncio.get_running_loop()
-        refresh_at = 0.0
+    async def _courier(self) -> None:
         while True:
+            await self._send.wait()
+            self._send.clear()
             if not self._up:
-                await asyncio.sleep(self.config.probe_seconds)
-            else:
-                wait = refresh_at - loop.time()
-                if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(wait):
-                            await self._wake.wait()
-            self._wake.clear()
+                self._refuse_admissions(redis_errors.ConnectionError("Redis is away"))
+                await self.wait_up()
             try:
-                if not self._up:
-                    await self.redis.ping()
-                    self._back(first=False)
-                    refresh_at = 0.0  # every open lease and running replay again, at once
-                await self._flush_releases()
-                await self._flush_spend()
-                if loop.time() >= refresh_at:
-                    await self._refresh()
-                    refresh_at = loop.time() + self.config.lease_seconds / 3
+                await self._deliver()
             except REDIS_ERRORS as exc:
                 self.lost(exc)
 
-    async def _flush_releases(self) -> None:
-        if not self._releasing:
-            return
-        batch, self._releasing, self._release_count = self._releasing, {}, 0
+    def _refuse_admissions(self, error: BaseException) -> None:
+        admissions, self._admissions = self._admissions, []
+        for _, _, answer in admissions:
+            if not answer.done():
+                answer.set_exception(error)
+
+    async def _deliver(self) -> None:
+        """One pipeline with what waits: releases, the refresh when due, costs, admissions."""
+        releases, self._releasing, self._release_count = self._releasing, {}, 0
+        spends, self._spending = self._spending, {}
+        # An admission whose caller left before it was sent is not sent (its lease, released, was never taken).
+        admissions = [admission for admission in self._admissions if not admission[2].done()]
+        self._admissions = []
+        refresh, self._refresh_due = self._refresh_due, False
         pipe = self.redis.pipeline(transaction=False)
-        for key, tokens in batch.items():
+        for key, tokens in releases.items():
             pipe.zrem(key, *tokens)
-        try:
-            await pipe.execute()
-        except BaseException:
-            for key, tokens in batch.items():
-                if self._release_count < MAX_RELEASES:
-                    self._releasing.setdefault(key, []).extend(tokens)
-                    self._release_count += len(tokens)
-            raise
-
-    async def _flush_spend(self) -> None:
-        if not self._spending:
+        if refresh:
+            for key, open_tokens in self._open.items():
+                pipe.evalsha(_scripts.REFRESH_SHA, 1, key, self.lease_ms, *open_tokens)
+            self.replays.refresh(pipe)
+        refreshed = len(pipe)
+        for key, spend in spends.items():
+            pipe.evalsha(_scripts.SPEND_SHA, 1, key, repr(spend.cost), repr(spend.seed), spend.expires_at)
+        for keys, args, _ in admissions:
+            pipe.evalsha(_scripts.ADMIT_SHA, len(keys), *keys, *args)
+        if not len(pipe):
             return
-        batch, self._spending = self._spending, {}
-        pipe = self.redis.pipeline(transaction=False)
-        for key, spend in batch.items():
-            pipe.eval(_scripts.SPEND, 1, key, repr(spend.cost), repr(spend.seed), spend.expires_at)
         try:
-            results = await pipe.execute()
-        except BaseException:
-            for key, spend in batch.items():  # not added: wait for the next try (merged with newer costs)
-                newer = self._spending.get(key)
-                if newer is not None:
-                    spend.cost += newer.cost
-                self._spending[key] = spend
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            # No answer: all of it again later. A connection lost while Redis ran some of the costs
+            # counts those twice: a budget then errs on the side of refusing early.
+            self._requeue(releases, spends, refresh)
+            for _, _, answer in admissions:
+                if not answer.done():
+                    answer.cancel() if isinstance(exc, asyncio.CancelledError) else answer.set_exception(exc)
             raise
-        for (key, spend), total in zip(batch.items(), results, strict=True):
-            self.budgets.shared_figure(spend.holder, spend.start, float(total) + self.pending_spend(key))
+        failed: BaseException | None = next((r for r in results[:refreshed] if isinstance(r, BaseException)), None)
+        if failed is not None:
+            self._requeue(releases, {}, refresh)
+        for (key, spend), total in zip(spends.items(), results[refreshed:], strict=False):
+            if isinstance(total, BaseException):  # not added: it waits for the next try
+                failed = total
+                self._requeue({}, {key: spend}, False)
+            else:
+                self.budgets.shared_figure(spend.holder, spend.start, float(total) + self.pending_spend(key))
+        for (_, _, answer), result in zip(admissions, results[refreshed + len(spends) :], strict=True):
+            if not answer.done():
+                answer.set_exception(result) if isinstance(result, BaseException) else answer.set_result(result)
+        if failed is not None:
+            raise failed
 
-    async def _refresh(self) -> None:
-        """This core's open leases and running replays live another `lease_seconds` (added again if
-        Redis lost them)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for key, tokens in self._open.items():
-            pipe.eval(_scripts.REFRESH, 1, key, self.lease_ms, *tokens)
-        self.replays.refresh(pipe)
-        if len(pipe):
-            await pipe.execute()
+    def _requeue(self, releases: dict[str, list[str]], spends: dict[str, Spend], refresh: bool) -> None:
+        """What a pipeline did not deliver waits for the next one (costs merged with newer ones)."""
+        for key, tokens in releases.items():
+            if self._release_count < MAX_RELEASES:
+                self._releasing.setdefault(key, []).extend(tokens)
+                self._release_count += len(tokens)
+        for key, spend in spends.items():
+            newer = self._spending.get(key)
+            if newer is not None:
+                spend.cost += newer.cost
+            self._spending[key] = spend
+        self._refresh_due = self._refresh_due or refresh
+
+    async def _keep(self) -> None:
+        """The refresh, a third of `lease_seconds` apart; while Redis is away, a try every `probe_seconds`."""
+        loop = asyncio.get_running_loop()
+        refresh_at = 0.0
+        while True:
+            if self._up:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, refresh_at - loop.time())):
+                        await self._wake.wait()  # Redis went away
+                self._wake.clear()
+                if self._up:
+                    self._refresh_due = True
+                    self._send.set()
+                    refresh_at = loop.time() + self.config.lease_seconds / 3
+                continue
+            await asyncio.sleep(self.config.probe_seconds)
+            try:
+                await self._reach()
+            except REDIS_ERRORS:
+                continue
+            self._refresh_due = True  # every open lease and running replay again, at once
+            refresh_at = loop.time() + self.config.lease_seconds / 3
+            self._back(first=False)
+            self._send.set()
 
     # -- the replays' control channel ----------------------------------------------------------------
 
