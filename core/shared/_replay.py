@@ -204,23 +204,28 @@ class SharedReplayStore(MemoryReplayStore):
             await self._state.wait_up()
             self._wake.clear()
             try:
-                await self.write_all()
+                await self._write_marked()
             except REDIS_ERRORS as exc:
                 self._state.lost(exc)
                 self._wake.set()  # written again once Redis is back
                 continue
+            if self._dirty:
+                self._wake.set()  # what was marked meanwhile: after the pause
             await asyncio.sleep(WRITE_INTERVAL)
 
     async def write_all(self) -> None:
-        """Write every marked replay's new events (in writes of at most `WRITE_BYTES`); on failure they
-        stay marked."""
+        """Write every marked replay's new events, however many writes it takes (at close)."""
         while self._dirty:
-            dirty, self._dirty = self._dirty, {}
-            try:
-                await self._write(dirty)
-            except BaseException:
-                self._dirty = dirty | self._dirty
-                raise
+            await self._write_marked()
+
+    async def _write_marked(self) -> None:
+        """One write of the marked replays' new events (at most `WRITE_BYTES`); on failure they stay marked."""
+        dirty, self._dirty = self._dirty, {}
+        try:
+            await self._write(dirty)
+        except BaseException:
+            self._dirty = dirty | self._dirty
+            raise
 
     async def _write(self, dirty: dict[Replay, None]) -> None:
         """One APPEND script for every replay that has something new: what fits in `WRITE_BYTES`; the

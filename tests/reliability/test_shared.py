@@ -172,6 +172,68 @@ async def test_a_resumable_stream_resumes_through_another_bridge_and_core(
     assert upstream.counters.started == 1
 
 
+async def test_grpc_attach_on_another_core_reads_the_stream(
+    redis_server: RedisServer, make_core: CoreFactory, upstream: FakeUpstream
+) -> None:
+    tokens = 30
+    upstream.default = Scenario(tokens=tokens, delay=0.02)
+    core_a, core_b = [await make_core(keyring=KEYS, redis_url=redis_server.url) for _ in range(2)]
+    channels: list[grpc.aio.Channel] = []
+    try:
+        a, b = stub(core_a, channels), stub(core_b, channels)
+        call = a.Generate(pb.GenerateRequest(query="hi", resumable=True), metadata=as_("alice"))
+        request_id = dict(await call.initial_metadata())["x-request-id"]
+        first = [await call.read() for _ in range(4)]
+        call.cancel()  # the client leaves; the stream goes on for the grace
+        attach = pb.AttachRequest(request_id=request_id, after=3)
+        rest = [r.event async for r in b.Attach(attach, metadata=as_("alice"))]
+        with pytest.raises(grpc.aio.AioRpcError) as other_key:
+            async for _ in b.Attach(attach, metadata=as_("bob")):
+                pass
+    finally:
+        for channel in channels:
+            await channel.close()
+    chunks = [r.chunk for r in first] + [e.chunk for e in rest[:-1]]
+    assert [c.index for c in chunks] == list(range(tokens))
+    assert "".join(c.content for c in chunks) == rest[-1].completion.text == text(tokens)
+    assert other_key.value.code() == grpc.StatusCode.NOT_FOUND
+    assert upstream.counters.started == 1
+
+
+async def test_a_core_that_stops_mid_stream_ends_it_for_a_reader_on_another_core(
+    redis_server: RedisServer, make_core: CoreFactory, upstream: FakeUpstream
+) -> None:
+    upstream.default = Scenario(tokens=400, delay=0.02)  # 8 s unless ended
+    core_a, core_b = [await make_core(keyring=KEYS, redis_url=redis_server.url) for _ in range(2)]
+    channels: list[grpc.aio.Channel] = []
+    try:
+        a, b = stub(core_a, channels), stub(core_b, channels)
+        call = a.Generate(pb.GenerateRequest(query="hi", resumable=True), metadata=as_("alice"))
+        request_id = dict(await call.initial_metadata())["x-request-id"]
+        await call.read()
+        call.cancel()
+        reading = b.Attach(pb.AttachRequest(request_id=request_id, after=0), metadata=as_("alice"))
+        assert (await reading.read()).event.HasField("chunk")  # core B reads it from Redis, live
+        start = time.monotonic()
+        await core_a.stop(grace=0)  # a drain: its stream ends with UNAVAILABLE, written before it exits
+        rest: list[pb.GenerateResponse] = []
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await _read(reading, rest)
+        assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        for channel in channels:
+            await channel.close()
+    assert rest and rest[-1].HasField("error"), rest[-1:]
+    assert rest[-1].error.retryable and "shutting down" in rest[-1].error.message
+    assert time.monotonic() - start < 3.0
+
+
+async def _read(call: Any, into: list[pb.GenerateResponse]) -> None:
+    """The rest of a call read with `call.read()` (the two reading styles cannot mix)."""
+    while (message := await call.read()) is not grpc.aio.EOF:
+        into.append(message.event)
+
+
 async def test_a_stop_through_another_core_ends_the_stream_where_it_runs(
     redis_server: RedisServer,
     make_core: CoreFactory,
