@@ -167,7 +167,9 @@ def create_app(config: BridgeConfig) -> web.Application:
     app.router.add_get("/query/stream", stream_sse)
     app.router.add_get("/query/stream/{stream_id}", resume_sse)
     app.router.add_delete("/query/stream/{stream_id}", stop_stream)
-    app.router.add_route("OPTIONS", "/query/stream", preflight)
+    # CORS preflights of the paths a page of a --cors-origins origin calls with a body or a header.
+    for path in ("/query/stream", "/query/stream/{stream_id}", "/v1/chat/completions", "/v1/models", "/v1/usage"):
+        app.router.add_route("OPTIONS", path, preflight)
     app.router.add_get("/query/ws", stream_ws)
     app.router.add_post("/v1/chat/completions", openai_api.chat_completions)
     app.router.add_get("/v1/models", openai_api.list_models)

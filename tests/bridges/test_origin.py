@@ -47,3 +47,26 @@ async def test_a_page_that_re_points_its_own_name_here_is_refused(
     async with http.post(f"{bridge.url}/query/stream", json={"query": "hi"}, headers=headers) as response:
         assert response.status == 403
     assert upstream.counters.started == 0
+
+
+async def test_a_listed_origin_may_call_the_openai_api_from_a_browser(
+    make_bridge: BridgeFactory, http: aiohttp.ClientSession
+) -> None:
+    """A browser asks first (the preflight: OPTIONS with the method and headers it will send), then sends."""
+    bridge = await make_bridge(cors_origins=("http://app.example",))
+    asking = {
+        "Origin": "http://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    async with http.options(f"{bridge.url}/v1/chat/completions", headers=asking) as preflight:
+        assert preflight.status == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == "http://app.example"
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    chat = {"model": "openai/fake", "messages": [{"role": "user", "content": "hi"}]}
+    async with http.post(f"{bridge.url}/v1/chat/completions", json=chat, headers={"Origin": "http://app.example"}) as r:
+        assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "http://app.example"
+    unlisted = {**asking, "Origin": "http://evil.example"}
+    async with http.options(f"{bridge.url}/v1/chat/completions", headers=unlisted) as refused:
+        assert refused.status == 403 and "Access-Control-Allow-Origin" not in refused.headers
