@@ -168,9 +168,9 @@ class SharedState:
 
     async def _reach(self) -> None:
         """Ping Redis and load the scripts (a Redis that restarted has none), on new connections (the
-        old ones were to a Redis that went away: each would fail once more)."""
-        await self.redis.connection_pool.disconnect()
-        await self.replays.reader.connection_pool.disconnect()
+        idle ones were to a Redis that went away: each would fail once more)."""
+        await self.redis.connection_pool.disconnect(inuse_connections=False)
+        await self.replays.reader.connection_pool.disconnect(inuse_connections=False)
         pipe = self.redis.pipeline(transaction=False)
         pipe.ping()
         for script in _scripts.ALL:
@@ -228,7 +228,7 @@ class SharedState:
         round trip). Raises `StreamError` (RESOURCE_EXHAUSTED over the limit; UNAVAILABLE when Redis
         is away and the rule is closed)."""
         principal = request.principal
-        if principal is None:
+        if principal is None or self.gateway.draining:  # (a draining core refuses it without Redis)
             return None
         limit = self.gateway.config.max_streams_per_key
         spend = self.budgets.shared_spend(principal)
