@@ -167,9 +167,12 @@ class SharedReplayStore(MemoryReplayStore):
         the oldest finished ones."""
         finished = [replay for replay in self._writers if replay.final is not None]
         gone = [replay for replay in finished if self._replays.get(replay.stream_id) is not replay]
-        for replay in gone or finished[: max(1, len(finished) // 2)]:
+        dropped = gone or finished[: max(1, len(finished) // 2)]
+        for replay in dropped:
             self._forget(replay)
-        logger.warning("shared state: %d replays waited for Redis; dropped %d finished ones", MAX_WRITERS, len(gone))
+        if dropped:  # (running streams are bounded by the concurrency limit: never dropped)
+            waited = "shared state: %d replays waited for Redis; %d finished ones are not shared"
+            logger.warning(waited, MAX_WRITERS, len(dropped))
 
     def read_elsewhere(self, replay: Replay) -> bool:
         """Whether a client reads this stream through another core now."""
