@@ -110,6 +110,14 @@ def sched_seconds(pid: int) -> tuple[float, float]:
     return ran / 1e9, waited / 1e9
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot, all CPUs and processes (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / TICKS
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of `pid` and its descendants, from /proc/PID/statm."""
     total = 0

@@ -76,7 +76,7 @@ QUICK = Settings(
     steady_steps=(200, 400),
     steady_peer_steps=(20,),
     steady_ramp_s=2.0,
-    steady_run_s=6.0,
+    steady_run_s=5.0,
 )
 
 

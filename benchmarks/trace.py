@@ -36,6 +36,7 @@ import bisect
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -48,7 +49,7 @@ import aiohttp
 
 from benchmarks import shapes
 from benchmarks.load import ClientPool, Job, Target, percentile
-from benchmarks.procs import ROOT, free_port, kill_all, raise_fd_limit, sched_seconds
+from benchmarks.procs import ROOT, free_port, kill_all, machine_busy_seconds, raise_fd_limit, sched_seconds
 from benchmarks.systems import PYTHON, Launch, Pace, deploy_streamgate, start_upstream
 
 ROLES = ("upstream", "core", "bridge")
@@ -170,7 +171,7 @@ def loop_table(dumps: dict[str, Dump], lo: float, hi: float) -> list[str]:
     return lines
 
 
-def link_table(dumps: dict[str, Dump], lo: float, hi: float) -> list[str]:
+def link_table(dumps: dict[str, Dump], lo: float, hi: float, streams: int, tokens: int) -> list[str]:
     """Messages of the link (core → bridge): written by the core, read by the bridge, and how many were
     in between (written, not yet read: a backlog in gRPC's buffers), by 100 ms."""
     core, bridge = dumps.get("core"), dumps.get("bridge")
@@ -192,7 +193,13 @@ def link_table(dumps: dict[str, Dump], lo: float, hi: float) -> list[str]:
         reads.append(bisect.bisect_left(read_at, t + 0.1) - bisect.bisect_left(read_at, t))
         t += 0.1
     frames = [float(n) for t, n in written if lo <= t < hi]
+    commands = sum(1 for event, _, _, t in core.records if event == "k_cmd" and lo <= t < hi)
+    per_stream = len(frames) / max(streams, 1)
+    per_token = len(frames) / max(tokens, 1) * 100
     return [
+        f"Link messages core → bridge in the window: {len(frames)} ({len(frames) / (hi - lo):.0f}/s), "
+        f"{per_stream:.1f} per stream started, {per_token:.1f} per 100 tokens; open commands read: {commands}.",
+        "",
         "| link, core → bridge, per 100 ms | p50 | p99 | max |",
         "| --- | ---: | ---: | ---: |",
         f"| messages written by the core | {percentile(rates, 50):.0f} | {percentile(rates, 99):.0f} | {max(rates)} |",
@@ -361,13 +368,20 @@ async def trace(streams: int, settings: shapes.Settings, out: Path, py_spy: str 
     return report(step, dumps, lo, hi, profiles, (load, load_after), waits)
 
 
+#: The row of `_sched` for the whole machine (busy seconds; no wait).
+MACHINE = "the machine (every process)"
+
+
 async def _sched(pids: dict[str, int], lo: float, hi: float) -> dict[str, tuple[float, float]]:
-    """Seconds each process ran, and waited while runnable, between `lo` and `hi`."""
+    """Seconds each process ran, and waited while runnable, between `lo` and `hi`; and the machine's busy seconds."""
     await asyncio.sleep(max(0.0, lo - time.time()))
     before = {name: sched_seconds(pid) for name, pid in pids.items()}
+    busy = machine_busy_seconds()
     await asyncio.sleep(max(0.0, hi - time.time()))
     after = {name: sched_seconds(pid) for name, pid in pids.items()}
-    return {name: (after[name][0] - before[name][0], after[name][1] - before[name][1]) for name in pids}
+    busy = machine_busy_seconds() - busy
+    found = {name: (after[name][0] - before[name][0], after[name][1] - before[name][1]) for name in pids}
+    return found | {MACHINE: (busy, math.nan)}
 
 
 def sched_table(waits: dict[str, tuple[float, float]], seconds: float) -> list[str]:
@@ -375,10 +389,16 @@ def sched_table(waits: dict[str, tuple[float, float]], seconds: float) -> list[s
         "| process | ran, cores | waited for a CPU while runnable, cores | wait per second run |",
         "| --- | ---: | ---: | ---: |",
     ]
-    rows = [*waits.items(), ("all of these", (sum(r for r, _ in waits.values()), sum(w for _, w in waits.values())))]
-    for name, (ran, waited) in rows:
+    ours = {name: found for name, found in waits.items() if name != MACHINE}
+    total = (sum(r for r, _ in ours.values()), sum(w for _, w in ours.values()))
+    for name, (ran, waited) in [*ours.items(), ("all of these", total)]:
         per = waited / max(ran, 1e-9) * 1e3
         lines.append(f"| {name} | {ran / seconds:.2f} | {waited / seconds:.2f} | {per:.0f} ms |")
+    if MACHINE in waits:
+        busy = waits[MACHINE][0]
+        cpus = len(os.sched_getaffinity(0))
+        lines.append(f"| {MACHINE}, of {cpus} CPUs | {busy / seconds:.2f} | — | — |")
+        lines.append(f"| … of which other work than these | {(busy - total[0]) / seconds:.2f} | — | — |")
     return lines
 
 
@@ -428,7 +448,7 @@ def report(
         "",
         *sched_table(waits, hi - lo),
         "",
-        *link_table(dumps, lo, hi),
+        *link_table(dumps, lo, hi, len(started), step.result.window_tokens),
         "",
         *slowest(started or list(found.values()), dumps, lo, hi),
         "",
@@ -455,6 +475,7 @@ def main() -> int:
         action="store_true",
         help="the suite's paced shape instead (each stream once, opened within 1 s, 100 tokens, no first-token delay)",
     )
+    parser.add_argument("--lengths", default="50-150", help="tokens per stream, drawn from this range (default 50-150)")
     parser.add_argument("--ramp", type=float, default=shapes.FULL.steady_ramp_s)
     parser.add_argument("--run", type=float, default=shapes.FULL.steady_run_s, help="seconds measured")
     parser.add_argument("--py-spy", help="path of a py-spy executable: profile the core and the bridge")
@@ -465,7 +486,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     for role in ROLES:
         (out / f"{role}.json").unlink(missing_ok=True)
-    settings = dataclasses.replace(shapes.FULL, steady_ramp_s=args.ramp, steady_run_s=args.run)
+    low, _, high = args.lengths.partition("-")
+    lengths = (int(low), int(high or low))
+    settings = dataclasses.replace(shapes.FULL, steady_ramp_s=args.ramp, steady_run_s=args.run, steady_lengths=lengths)
     try:
         text = asyncio.run(trace(args.streams, settings, out, args.py_spy, args.burst))
     finally:
