@@ -227,11 +227,14 @@ async def _answers(http: aiohttp.ClientSession, url: str, status: int = 200) -> 
 
 
 @contextlib.asynccontextmanager
-async def load_balanced_set(prefix: Path) -> AsyncIterator[LoadBalancedSet]:
+async def load_balanced_set(
+    prefix: Path, core_extra: list[str] | None = None, key: str | None = None
+) -> AsyncIterator[LoadBalancedSet]:
     """Start the test upstream, two cores, two bridges (whose link goes through nginx) and nginx.
 
     Each bridge runs one short stream before this yields, bridge 1 first: the bridges' Relay calls are
-    then open, one on each core (nginx's least_conn), as a set that has served a while has them."""
+    then open, one on each core (nginx's least_conn), as a set that has served a while has them.
+    `core_extra`: more flags for both cores (e.g. --redis-url); `key`: the API key of the warm-up streams."""
     assert NGINX_INSTALLED, f"nginx is not installed ({NGINX}): scripts/setup installs Debian's"
     logs = prefix / "logs"
     await asyncio.to_thread(logs.mkdir, parents=True, exist_ok=True)
@@ -243,7 +246,7 @@ async def load_balanced_set(prefix: Path) -> AsyncIterator[LoadBalancedSet]:
     lb: LoadBalancedSet | None = None
     try:
         core_args = ["core", "--grpc-port", "0", "--metrics-port", "off", "--model", "openai/fake"]
-        core_args += ["--api-base", upstream.api_base, "--drain-grace", "0.5"]
+        core_args += ["--api-base", upstream.api_base, "--drain-grace", "0.5", *(core_extra or [])]
         starting = [start_streamgate(f"core-{i}", core_args, logs, r"core listening on (\S+)") for i in (1, 2)] + [
             start_streamgate(
                 f"bridge-{i}",
@@ -295,8 +298,11 @@ async def load_balanced_set(prefix: Path) -> AsyncIterator[LoadBalancedSet]:
             await _until(nginx_up, 10, "nginx answers")
             for bridge in bridges:  # the bridge reaches a core through nginx's link listener
                 await _until(lambda b=bridge: _answers(http, f"{b.address}/readyz"), 30, f"{bridge.name} ready")
+            warm_headers = {"Authorization": f"Bearer {key}"} if key else {}
             for bridge in bridges:
-                async with http.post(f"{bridge.address}/query/stream", json={"query": "warm"}) as response:
+                async with http.post(
+                    f"{bridge.address}/query/stream", json={"query": "warm"}, headers=warm_headers
+                ) as response:
                     frames = [frame async for frame in read_events(response)]
                 assert frames[-1]["metadata"].get("finish_reason") == "stop", frames[-1]
         yield lb
