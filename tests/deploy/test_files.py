@@ -199,3 +199,31 @@ def test_the_helm_chart_lints_and_renders_probes_drain_and_the_link(tmp_path: Pa
     assert not [p for p in grpc_paths if "link" in p], "the bridges' link is not routed from outside"
     annotations = by_kind[("Ingress", "sg-streamgate")]["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+
+
+def test_the_envoy_config_keeps_what_streams_need() -> None:
+    """Envoy is not installable here (deploy/envoy/envoy.yaml says so): its file is checked for the
+    settings a stream needs, the ones nginx's are tested for by running it."""
+    envoy = yaml.safe_load((DEPLOY / "envoy" / "envoy.yaml").read_text())
+    resources = envoy["static_resources"]
+    managers = {
+        listener["name"]: listener["filter_chains"][0]["filters"][0]["typed_config"]
+        for listener in resources["listeners"]
+    }
+    assert set(managers) == {"http", "grpc", "link"}
+    assert managers["http"]["upgrade_configs"] == [{"upgrade_type": "websocket"}]
+    assert managers["grpc"]["codec_type"] == managers["link"]["codec_type"] == "HTTP2"
+    for name, manager in managers.items():
+        for host in manager["route_config"]["virtual_hosts"]:
+            for route in host["routes"]:
+                action = route.get("route")
+                if action is None:
+                    continue
+                assert action["timeout"] == "0s", (name, route)  # a stream outlives any route timeout
+                retry = action.get("retry_policy", {}).get("retry_on", "")
+                assert "5xx" not in retry and "reset" not in retry, (name, retry)  # never a stream sent twice
+    clusters = {cluster["name"]: cluster for cluster in resources["clusters"]}
+    options = clusters["cores"]["typed_extension_protocol_options"]
+    assert "http2_protocol_options" in next(iter(options.values()))["explicit_http_config"]
+    assert clusters["bridges"]["health_checks"][0]["http_health_check"]["path"] == "/readyz"
+    assert "grpc_health_check" in clusters["cores"]["health_checks"][0]
