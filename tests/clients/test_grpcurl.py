@@ -59,7 +59,8 @@ async def test_reflection_lists_the_service(core: CoreServer) -> None:
 
     code, out, err = await grpcurl("-plaintext", core.address, "list", SERVICE)
     assert code == 0, err
-    assert sorted(out.split()) == [f"{SERVICE}.{m}" for m in ("Attach", "Generate", "GetMetrics", "GetUsage", "ListModels")]
+    methods = ("Attach", "Generate", "GetMetrics", "GetUsage", "ListModels")
+    assert sorted(out.split()) == [f"{SERVICE}.{m}" for m in methods]
 
 
 async def test_generate_streams_chunks_then_one_completion(core: CoreServer) -> None:
