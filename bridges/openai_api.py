@@ -41,6 +41,7 @@ from streamgate.link.client import CoreStream
 from streamgate.v1 import streamgate_pb2 as pb
 
 from . import framing, query
+from .body import BodyTimeout, answer_and_close, read_json
 from .errors import RETRY_AFTER_SECONDS
 from .state import STATE, OpenStream, WriteGuard
 
@@ -275,47 +276,22 @@ def _error_event(error: StreamError) -> bytes:
     return b"data: " + json.dumps(error_body(error), ensure_ascii=False).encode() + b"\n\n"
 
 
-class _BodyTimeout(Exception):
-    """The body did not arrive within `--body-timeout`."""
-
-
-async def _read_body(request: web.Request, timeout: float) -> Any:
-    try:
-        async with asyncio.timeout(timeout):
-            body = await request.read()
-    except TimeoutError:
-        raise _BodyTimeout from None
-    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
-        raise invalid(f"the body cannot be read: {exc}") from None
-    return query.loads(body)
-
-
-async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
-    """Send `response`, then close the connection (its request's body never came, and never will)."""
-    response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
-    if request.transport is not None:
-        request.transport.close()
-    return response
-
-
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     metrics = state.metrics
     try:
         state.refuse_if_draining()
-        generate, stream, include_usage = parse_chat(await _read_body(request, state.config.body_timeout))
+        generate, stream, include_usage = parse_chat(await read_json(request, state.config.body_timeout))
         core = await state.client.open(generate, request.headers.get("Authorization"), TRANSPORT)
     except StreamError as error:
         metrics.ended(TRANSPORT, error.code.value.lower())
         return error_response(error)
-    except _BodyTimeout:
+    except BodyTimeout:
         metrics.ended(TRANSPORT, "body_timeout")
         late = StreamError(
             ErrorCode.DEADLINE_EXCEEDED, f"the request body did not arrive within {state.config.body_timeout:g} s"
         )
-        return await _answer_and_close(request, error_response(late, status=408))
+        return await answer_and_close(request, error_response(late, status=408))
     except web.HTTPRequestEntityTooLarge:
         metrics.ended(TRANSPORT, "body_too_large")
         limit = state.config.max_body_bytes

@@ -20,6 +20,7 @@ from streamgate.link.client import CoreStream
 from streamgate.v1 import streamgate_pb2 as pb
 
 from . import framing, query
+from .body import BodyTimeout, answer_and_close, read_json
 from .errors import error_response
 from .resume import RETRY_MS, answer_reconnect
 from .state import STATE, OpenStream, WriteGuard
@@ -32,31 +33,10 @@ SSE_HEADERS = {
 TRANSPORT = "sse"
 
 
-class _BodyTimeout(Exception):
-    """The body did not arrive within `--body-timeout`."""
-
-
 async def _read_request(request: web.Request, body_timeout: float) -> pb.GenerateRequest:
     if request.method == "GET":
         return query.from_query_string(request.query)
-    try:
-        async with asyncio.timeout(body_timeout):
-            body = await request.read()
-    except TimeoutError:
-        raise _BodyTimeout from None
-    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
-        raise invalid(f"the body cannot be read: {exc}") from None
-    return query.from_json(query.loads(body))
-
-
-async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
-    """Send `response`, then close the connection (its request's body never came, and never will)."""
-    response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
-    if request.transport is not None:
-        request.transport.close()
-    return response
+    return query.from_json(await read_json(request, body_timeout))
 
 
 async def stream_sse(request: web.Request) -> web.StreamResponse:
@@ -76,12 +56,12 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
     except StreamError as error:
         metrics.ended(TRANSPORT, error.code.value.lower())
         return error_response(error)
-    except _BodyTimeout:
+    except BodyTimeout:
         metrics.ended(TRANSPORT, "body_timeout")
         late = StreamError(
             ErrorCode.DEADLINE_EXCEEDED, f"the request body did not arrive within {state.config.body_timeout:g} s"
         )
-        return await _answer_and_close(request, error_response(late, status=408))
+        return await answer_and_close(request, error_response(late, status=408))
     except web.HTTPRequestEntityTooLarge:
         limit = state.config.max_body_bytes
         metrics.ended(TRANSPORT, "body_too_large")
