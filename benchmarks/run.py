@@ -1,6 +1,7 @@
 """The benchmark suite: streamgate beside the raw transports and the LiteLLM proxy, in one table.
 
-    .venv/bin/python -m benchmarks.run            # full run, under 10 minutes
+    .venv/bin/python -m benchmarks.run            # full run, about 12 minutes
+    .venv/bin/python -m benchmarks.run --phases steady --quick   # the steady shape alone, under 2 minutes
     .venv/bin/python -m benchmarks.run --quick    # about 2 minutes
     .venv/bin/python benchmarks/run.py --quick --systems streamgate,raw-sse
 
