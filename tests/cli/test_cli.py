@@ -148,3 +148,15 @@ def test_preconnect_flag_variable_and_the_serve_child(monkeypatch: pytest.Monkey
     assert cli._core_configs(child)[0].preconnect is False
     with pytest.raises(SystemExit):
         parser.parse_args(["core", "--preconnect", "maybe"])
+
+
+def test_serves_own_process_the_bridge_never_loads_litellm() -> None:
+    """`streamgate serve` checks the core's flags in its own process, the bridge's: that must not import
+    litellm (about 160 MiB and 4 s), which only the core child needs."""
+    probe = (
+        "import sys; from streamgate import cli; cli._core_configs(cli.build_parser().parse_args(['serve']));"
+        " import streamgate.bridges.app; print('litellm' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

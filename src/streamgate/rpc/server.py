@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 import streamgate._telemetry as _telemetry
-from streamgate.core import Gateway, LiteLLMConfig, LiteLLMProvider
+from streamgate.core import Gateway, LiteLLMConfig
 from streamgate.core.auth import Keyring
 from streamgate.core.ledger import ledger_kind, open_ledger
 from streamgate.core.shared import FailRule, SharedConfig, check_redis_url
@@ -93,6 +93,10 @@ class CoreServer:
     def __init__(self, config: LiteLLMConfig, server_config: CoreServerConfig | None = None) -> None:
         self.config = config
         self.server_config = server_config or CoreServerConfig()
+        # Here, not at the module's top: `streamgate serve` validates the core's flags with this module's
+        # CoreServerConfig in its own process (the bridge's), which must not load litellm (~160 MiB, 4 s).
+        from streamgate.core.provider import LiteLLMProvider
+
         self.gateway = Gateway(LiteLLMProvider(config))
         self.gateway.tracer = _telemetry.tracer(self.server_config.tracer_provider)
         self.servicer = StreamGateServicer(self.gateway, self.server_config.keyring, self.server_config.admins)
