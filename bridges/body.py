@@ -7,23 +7,37 @@ from typing import Any
 
 from aiohttp import web
 
-from streamgate.contract import invalid
+from streamgate.contract import ErrorCode, StreamError, invalid
 
 from . import query
+from .state import STATE
 
 
-class BodyTimeout(Exception):
-    """The body did not arrive within `--body-timeout`."""
+class BodyRefused(Exception):
+    """A body that did not come within `--body-timeout` (408, and the connection is closed) or is over
+    `--max-body-bytes` (413): `error`, its HTTP `status`, and the outcome `label` for the metrics."""
+
+    def __init__(self, error: StreamError, status: int, label: str) -> None:
+        super().__init__(error.message)
+        self.error, self.status, self.label = error, status, label
+
+    async def answer(self, request: web.Request, response: web.Response) -> web.Response:
+        """Send `response` (the transport's own shape of `error`); after a 408, close the connection."""
+        return await answer_and_close(request, response) if self.status == 408 else response
 
 
 async def read_json(request: web.Request, timeout: float) -> Any:
-    """The body as JSON; raises `BodyTimeout`, or `StreamError(INVALID_ARGUMENT)` for a body that cannot be
-    read or is not JSON (aiohttp's 413 for one over `--max-body-bytes` passes as it is)."""
+    """The body as JSON; raises `BodyRefused`, or `StreamError(INVALID_ARGUMENT)` for a body that cannot
+    be read or is not JSON."""
     try:
         async with asyncio.timeout(timeout):
             body = await request.read()
     except TimeoutError:
-        raise BodyTimeout from None
+        late = StreamError(ErrorCode.DEADLINE_EXCEEDED, f"the request body did not arrive within {timeout:g} s")
+        raise BodyRefused(late, 408, "body_timeout") from None
+    except web.HTTPRequestEntityTooLarge:
+        large = invalid(f"the body is larger than the limit of {request.app[STATE].config.max_body_bytes} bytes")
+        raise BodyRefused(large, 413, "body_too_large") from None
     except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
         raise invalid(f"the body cannot be read: {exc}") from None
     return query.loads(body)

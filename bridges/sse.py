@@ -20,7 +20,7 @@ from streamgate.link.client import CoreStream
 from streamgate.v1 import streamgate_pb2 as pb
 
 from . import framing, query
-from .body import BodyTimeout, answer_and_close, read_json
+from .body import BodyRefused, read_json
 from .errors import error_response
 from .resume import RETRY_MS, answer_reconnect
 from .state import STATE, OpenStream, WriteGuard
@@ -56,16 +56,9 @@ async def stream_sse(request: web.Request) -> web.StreamResponse:
     except StreamError as error:
         metrics.ended(TRANSPORT, error.code.value.lower())
         return error_response(error)
-    except BodyTimeout:
-        metrics.ended(TRANSPORT, "body_timeout")
-        late = StreamError(
-            ErrorCode.DEADLINE_EXCEEDED, f"the request body did not arrive within {state.config.body_timeout:g} s"
-        )
-        return await answer_and_close(request, error_response(late, status=408))
-    except web.HTTPRequestEntityTooLarge:
-        limit = state.config.max_body_bytes
-        metrics.ended(TRANSPORT, "body_too_large")
-        return error_response(invalid(f"the body is larger than the limit of {limit} bytes"), status=413)
+    except BodyRefused as refused:
+        metrics.ended(TRANSPORT, refused.label)
+        return await refused.answer(request, error_response(refused.error, status=refused.status))
 
     return await _send(request, core, 0)
 
