@@ -24,40 +24,21 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks import procs
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
-TICKS = os.sysconf("SC_CLK_TCK")
 #: A priced model (each row has a cost), streamed from the test upstream on the lean path.
 MODEL = "openai/gpt-4o-mini"
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-async def start_core(ledger: str, data_dir: str, api_base: str) -> tuple[asyncio.subprocess.Process, str]:
-    read, write = os.pipe()
-    env = {
-        **os.environ,
-        "STREAMGATE_LINK_TOKEN": "ledger-bench-token-0123456789",
-        "STREAMGATE_LEDGER": ledger,
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LITELLM_OFFLINE_MODE": "true",
-        "HF_HUB_OFFLINE": "1",
-    }
-    argv = [sys.executable, "-m", "streamgate.cli", "--log-level", "warning", "core", "--grpc-port", "0"]
+async def start_core(ledger: str, data_dir: str, api_base: str) -> procs.Server:
+    argv = [sys.executable, "-m", "streamgate.cli", "--log-level", "info", "core", "--grpc-port", "0"]
     argv += ["--metrics-port", "off", "--model", MODEL, "--api-base", api_base, "--upstream-api-key", "bench"]
-    argv += ["--data-dir", data_dir, "--ready-fd", str(write)]
-    process = await asyncio.create_subprocess_exec(*argv, env=env, pass_fds=(write,), cwd=ROOT)
-    os.close(write)
-    line = await asyncio.to_thread(os.read, read, 4096)
-    os.close(read)
-    import json
-
-    return process, json.loads(line)["address"]
+    argv += ["--data-dir", data_dir]
+    env = {"STREAMGATE_LINK_TOKEN": "ledger-bench-token-0123456789", "STREAMGATE_LEDGER": ledger}
+    return await procs.start("core", argv, r"core listening on (\S+)", env)
 
 
 async def run(address: str, streams: int, concurrency: int) -> list[float]:
@@ -90,15 +71,14 @@ async def rows(ledger: str, data_dir: str) -> int:
 
 async def measure(name: str, ledger: str, streams: int, concurrency: int, api_base: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as data_dir:
-        process, address = await start_core(ledger, data_dir, api_base)
+        core = await start_core(ledger, data_dir, api_base)
         try:
-            await run(address, 200, concurrency)  # warm: first calls, tokenizer, connections
-            before = cpu_seconds(process.pid)
-            latencies = await run(address, streams, concurrency)
-            cpu = cpu_seconds(process.pid) - before
+            await run(core.address, 200, concurrency)  # warm: first calls, tokenizer, connections
+            before = core.cpu()
+            latencies = await run(core.address, streams, concurrency)
+            cpu = core.cpu() - before
         finally:
-            process.terminate()
-            await asyncio.wait_for(process.wait(), 30)
+            await core.stop(grace=30.0)  # SIGTERM: the ledger writes what is pending
         kept = await rows(ledger, data_dir) if ledger != "off" else streams + 200
     latencies.sort()
     return {

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -27,41 +26,26 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks import procs
+from benchmarks.procs import cpu_seconds
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
-TICKS = os.sysconf("SC_CLK_TCK")
 KEY = "key-bench-0123456789"
 METADATA = (("authorization", f"Bearer {KEY}"),)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-async def start_core(redis_url: str | None, api_base: str) -> tuple[asyncio.subprocess.Process, str]:
-    read, write = os.pipe()
+async def start_core(redis_url: str | None, api_base: str) -> procs.Server:
+    argv = [sys.executable, "-m", "streamgate.cli", "--log-level", "info", "core", "--grpc-port", "0"]
+    argv += ["--metrics-port", "off", "--model", "openai/fake", "--api-base", api_base, "--upstream-api-key", "b"]
+    argv += ["--ledger", "off", "--max-streams-per-key", "100000"]
     env = {
-        **os.environ,
         "STREAMGATE_LINK_TOKEN": "shared-bench-token-0123456789",
         "STREAMGATE_API_KEYS": f"bench: {KEY}",
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LITELLM_OFFLINE_MODE": "true",
-        "HF_HUB_OFFLINE": "1",
+        "STREAMGATE_REDIS_URL": redis_url,  # None: removed from the environment
     }
-    env.pop("STREAMGATE_REDIS_URL", None)
-    if redis_url is not None:
-        env["STREAMGATE_REDIS_URL"] = redis_url
-    argv = [sys.executable, "-m", "streamgate.cli", "--log-level", "warning", "core", "--grpc-port", "0"]
-    argv += ["--metrics-port", "off", "--model", "openai/fake", "--api-base", api_base, "--upstream-api-key", "b"]
-    argv += ["--ledger", "off", "--max-streams-per-key", "100000", "--ready-fd", str(write)]
-    process = await asyncio.create_subprocess_exec(*argv, env=env, pass_fds=(write,), cwd=ROOT)
-    os.close(write)
-    line = await asyncio.to_thread(os.read, read, 4096)
-    os.close(read)
-    return process, json.loads(line)["address"]
+    return await procs.start("core", argv, r"core listening on (\S+)", env)
 
 
 async def run(address: str, streams: int, concurrency: int, resumable: bool) -> tuple[list[float], list[float]]:
@@ -117,25 +101,24 @@ async def main() -> None:
         for kind in ("keyed", "resumable")
         for where in ("alone", "redis")
     ]
-    cores: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
+    cores: dict[str, procs.Server] = {}
     samples: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "redis": [], "ttft": []} for name, _, _ in configs}
     try:
         for name, resumable, shared in configs:
             cores[name] = await start_core(redis.url if shared else None, upstream.api_base)
-            await run(cores[name][1], 200, args.concurrency, resumable)  # warm: first calls, connections
+            await run(cores[name].address, 200, args.concurrency, resumable)  # warm: first calls, connections
         for _ in range(args.rounds):  # interleaved: a burst of load elsewhere hits every configuration alike
             for name, resumable, _ in configs:
-                process, address = cores[name]
-                before, redis_before = cpu_seconds(process.pid), cpu_seconds(redis_pid)
-                await run(address, args.streams, args.concurrency, resumable)
-                samples[name]["cpu"].append((cpu_seconds(process.pid) - before) / args.streams * 1e6)
+                core = cores[name]
+                before, redis_before = core.cpu(), cpu_seconds(redis_pid)
+                await run(core.address, args.streams, args.concurrency, resumable)
+                samples[name]["cpu"].append((core.cpu() - before) / args.streams * 1e6)
                 samples[name]["redis"].append((cpu_seconds(redis_pid) - redis_before) / args.streams * 1e6)
-                firsts, _ = await run(address, max(args.streams // 10, 50), 1, resumable)
+                firsts, _ = await run(core.address, max(args.streams // 10, 50), 1, resumable)
                 samples[name]["ttft"] += firsts
     finally:
-        for process, _ in cores.values():
-            process.terminate()
-            await asyncio.wait_for(process.wait(), 30)
+        for core in cores.values():
+            await core.stop(grace=30.0)
         redis.close()
         await upstream.close()
     load = os.getloadavg()[0]
