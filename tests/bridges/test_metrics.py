@@ -60,7 +60,7 @@ async def test_time_to_first_frame_and_duration_are_histograms_by_transport(
         assert _value(samples, "streamgate_bridge_time_to_first_frame_seconds_count", transport=transport) == 1
         assert _value(samples, "streamgate_bridge_stream_duration_seconds_count", transport=transport) == 1
         assert 0.2 <= first < 1.0, "the upstream's first token came after 0.2 s"
-        assert first + 0.2 <= whole < 2.0, "two more tokens, 0.1 s apart"
+        assert first + 0.15 <= whole < 2.0, "two more tokens, 0.1 s apart (timers may fire a little early)"
         buckets = "streamgate_bridge_time_to_first_frame_seconds_bucket"
         assert _value(samples, buckets, transport=transport, le="0.1") == 0
         assert _value(samples, buckets, transport=transport, le="1.0") == 1
