@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("streamgate.rpc")
 
 #: Seconds the writer waits after a write, so that more frames join the next batch.
-RELAY_PAUSE = 0.001
+RELAY_PAUSE = 0.005
 #: What the outbox of one call may hold (about one more batch than the one being written). Over it,
 #: the call reads no more commands and every stream waits for the writer before its next event.
 OUTBOX_BYTES = BATCH_BYTES
@@ -405,7 +405,7 @@ class RelaySession:
                 outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, refused=error_to_proto(error)), urgent=True)
                 return
             admitted = link_pb.RelayAdmitted(request_id=request_id, model=self._model_of(stream_id))
-            outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, admitted=admitted), urgent=True)
+            outbox.frame(place, link_pb.RelayFrame(stream_id=stream_id, admitted=admitted))
             async with contextlib.aclosing(stream):  # type: ignore[type-var]  # both kinds have aclose()
                 async for event in stream:
                     if isinstance(event, Chunk):
@@ -441,11 +441,14 @@ class RelaySession:
         context, outbox = self._context, self._outbox
         while (frames := await outbox.take()) is not None:
             await context.write(link_pb.RelayResponse(frames=frames))
-            # At most one write a millisecond: what arrives meanwhile shares the next message.
-            # A write costs about 50-80 µs of CPU on each side whatever it carries; at 400 paced
-            # streams this cut server CPU per token by about a third (benchmarks, A/B). A frame
-            # waits at most this long; the first frame after a quiet spell goes out at once, and
-            # so does one that starts a stream (time to first token).
+            # At most one write every 5 ms: what arrives meanwhile shares the next message. A
+            # write costs 100-200 µs of CPU on the two sides together whatever it carries (grpc's
+            # poller thread, serialising, parsing); a pause of 1 ms sent a message every 10 tokens
+            # at 200 steady streams, 5 ms one every 20, and cut server CPU per token from 213 to
+            # 184 µs at 200 and from 154 to 118 µs at 400 (benchmarks.run --phases steady --quick).
+            # A chunk waits at most this long; the first frame after a quiet spell goes out at
+            # once, and so does a stream's first chunk or its refusal (time to first token). An
+            # admission may wait: no client sees anything of it before the first chunk.
             if not outbox.urgent.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(RELAY_PAUSE):
