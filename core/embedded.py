@@ -1,7 +1,7 @@
 """The embedded default model: `streamgate/default`.
 
-A litellm custom provider, so it takes the same code path as any real one
-(litellm's stream wrapper, usage, cost). It needs no key and no network,
+A provider of its own (`LiteLLMProvider` streams it without litellm), which
+ends its streams the way a real one does (finish reason, usage, cost). It needs no key and no network,
 answers deterministically at a steady, configurable pace, and says something
 a person can read: a newcomer sees real streaming at once.
 """
@@ -9,18 +9,19 @@ a person can read: a newcomer sees real streaming at once.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-import litellm
-from litellm import CustomLLM
-from litellm.types.utils import GenericStreamingChunk, ModelResponse
+from streamgate.contract import Usage
+
+from .upstream import Delta
 
 PROVIDER = "streamgate"
 MODEL = "default"
+#: US dollars a prompt token and a completion token: it costs nothing.
+PRICE = (0.0, 0.0)
 
 _GREETING = (
     "Hello! I am the model built into streamgate. I need no API key and no network, so you can "
@@ -125,103 +126,50 @@ def _generate(messages: list[dict[str, Any]], params: dict[str, Any]) -> tuple[l
     return tokens, finish
 
 
-def _usage(messages: list[dict[str, Any]], completion_tokens: int) -> dict[str, int]:
+def _pace(params: dict[str, Any], default: float) -> float:
+    value = params.get("tokens_per_second", default)
+    return float(value) if isinstance(value, int | float) and value > 0 else 0.0
+
+
+def _usage(messages: list[dict[str, Any]], completion_tokens: int) -> Usage:
     prompt_tokens = sum(count_tokens(str(m.get("content") or "")) + 3 for m in messages)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+    return Usage(prompt_tokens, completion_tokens)
 
 
-class EmbeddedModel(CustomLLM):  # type: ignore[misc]  # litellm is untyped here
-    """litellm custom handler for `streamgate/default`.
-
-    The pace comes from the request's `tokens_per_second` parameter, else
-    from the instance's default.
-    """
-
-    def __init__(self, tokens_per_second: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
-        self.tokens_per_second = tokens_per_second
-        self._clock = clock
-
-    def _pace(self, params: dict[str, Any]) -> float:
-        value = params.get("tokens_per_second", self.tokens_per_second)
-        return float(value) if isinstance(value, int | float) and value > 0 else 0.0
-
-    async def astreaming(
-        self, model: str, messages: list[dict[str, Any]], *args: Any, **kwargs: Any
-    ) -> AsyncIterator[GenericStreamingChunk]:
-        params: dict[str, Any] = kwargs.get("optional_params") or {}
-        tokens, finish = _generate(messages, params)
-        pace = self._pace(params)
-        start = self._clock()
-        for i, piece in enumerate(tokens):
-            if pace:
-                delay = start + i / pace - self._clock()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            elif i % 64 == 63:
-                await asyncio.sleep(0)
-            yield GenericStreamingChunk(
-                text=piece, is_finished=False, finish_reason="", usage=None, index=0, tool_use=None
-            )
-        yield GenericStreamingChunk(
-            text="",
-            is_finished=True,
-            finish_reason=finish,
-            usage=_usage(messages, len(tokens)),
-            index=0,
-            tool_use=None,
-        )
-
-    async def acompletion(self, model: str, messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> ModelResponse:
-        params: dict[str, Any] = kwargs.get("optional_params") or {}
-        tokens, finish = _generate(messages, params)
-        pace = self._pace(params)
+async def stream(
+    name: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    tokens_per_second: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncGenerator[Delta, None]:
+    """The answer as `Delta`s, one a word, at `tokens_per_second` (0: at once), the way a provider's
+    stream ends: the finish reason, then the usage. The pace is the request's `tokens_per_second`
+    parameter, else `tokens_per_second`."""
+    tokens, finish = _generate(messages, params)
+    pace = _pace(params, tokens_per_second)
+    start = clock()
+    for i, piece in enumerate(tokens):
         if pace:
-            await asyncio.sleep(len(tokens) / pace)
-        return ModelResponse(
-            model=f"{PROVIDER}/{MODEL}",
-            choices=[
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(tokens)},
-                    "finish_reason": finish,
-                }
-            ],
-            usage=_usage(messages, len(tokens)),
-        )
+            delay = start + i / pace - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif i % 64 == 63:
+            await asyncio.sleep(0)
+        yield Delta(content=piece, model=name)
+    yield Delta(finish_reason=finish, model=name)
+    yield Delta(usage=_usage(messages, len(tokens)), model=name)
 
 
-_registered: EmbeddedModel | None = None
-
-
-def register(tokens_per_second: float = 30.0) -> EmbeddedModel:
-    """Register `streamgate/default` with litellm (once per process) at the given default pace."""
-    global _registered
-    if _registered is None:
-        _registered = EmbeddedModel(tokens_per_second)
-        litellm.custom_provider_map = [
-            *[p for p in litellm.custom_provider_map if p.get("provider") != PROVIDER],
-            {"provider": PROVIDER, "custom_handler": _registered},
-        ]
-        litellm_logger = logging.getLogger("LiteLLM")
-        level = litellm_logger.level
-        litellm_logger.setLevel(logging.ERROR)  # register_model warns about cache prices we do not need
-        try:
-            litellm.register_model(
-                {
-                    f"{PROVIDER}/{MODEL}": {
-                        "input_cost_per_token": 0.0,
-                        "output_cost_per_token": 0.0,
-                        "litellm_provider": PROVIDER,
-                        "mode": "chat",
-                    }
-                }
-            )
-        finally:
-            litellm_logger.setLevel(level)
-    _registered.tokens_per_second = tokens_per_second
-    return _registered
+async def complete(messages: list[dict[str, Any]], params: dict[str, Any], tokens_per_second: float = 30.0) -> Delta:
+    """The whole answer as one `Delta`, after the time its stream would take."""
+    tokens, finish = _generate(messages, params)
+    pace = _pace(params, tokens_per_second)
+    if pace:
+        await asyncio.sleep(len(tokens) / pace)
+    return Delta(
+        content="".join(tokens),
+        finish_reason=finish,
+        usage=_usage(messages, len(tokens)),
+        model=f"{PROVIDER}/{MODEL}",
+    )

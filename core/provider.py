@@ -1,20 +1,26 @@
-"""Providers: where tokens come from. `LiteLLMProvider` reaches any provider litellm knows."""
+"""Providers: where tokens come from. `LiteLLMProvider` reaches any provider litellm knows.
+
+litellm (about 4 s and 220 MiB to import) loads only when a model needs it: the embedded model
+and the lean providers' models (OpenAI-compatible upstreams) are resolved (`lean`), streamed
+(`embedded`, `openai_stream`), priced (`prices`) and counted (`tokens`) without it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import sys
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from typing import Any
 
 import aiohttp
-import litellm
 
 from streamgate.contract import GenerationParameters, StreamError, StreamRequest, Usage, model_not_found
 
-from . import embedded, openai_stream
+from . import embedded, lean, openai_stream, prices, tokens
 from .config import LiteLLMConfig
 from .observe import UPSTREAM_HEADERS
 from .policy import ModelPolicy
@@ -31,25 +37,42 @@ LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 MAX_KNOWN_MODELS = 10_000
 
 
+@functools.cache
+def _litellm() -> Any:
+    """litellm, imported on the first need of it (about 4 s and 220 MiB), with its logging tamed."""
+    import litellm
+
+    litellm.suppress_debug_info = True
+    for name in LITELLM_LOGGERS:
+        # litellm writes its records to stderr through handlers of its own, unescaped, and copies
+        # them to ours too: let ours alone write them (one line a record, see streamgate._logs).
+        litellm_logger = logging.getLogger(name)
+        litellm_logger.handlers.clear()
+        litellm_logger.propagate = True
+    logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # litellm logs every call at INFO
+    return litellm
+
+
+def _resolve(model: str) -> lean.Resolved:
+    """(name at the upstream, provider, key, base URL) for a litellm model string: without litellm
+    when `lean` knows the answer, else litellm's. Raises when litellm does not know the model."""
+    resolved = lean.resolve(model)
+    if resolved is not None:
+        return resolved
+    name, provider, key, base = _litellm().get_llm_provider(model)
+    return str(name), str(provider), key, base
+
+
 class LiteLLMProvider:
     """Streams from any litellm model; the embedded `streamgate/default` needs no key."""
 
     def __init__(self, config: LiteLLMConfig | None = None) -> None:
         self.config = config or LiteLLMConfig()
-        litellm.suppress_debug_info = True
-        for name in LITELLM_LOGGERS:
-            # litellm writes its records to stderr through handlers of its own, unescaped, and copies
-            # them to ours too: let ours alone write them (one line a record, see streamgate._logs).
-            litellm_logger = logging.getLogger(name)
-            litellm_logger.handlers.clear()
-            litellm_logger.propagate = True
-        logging.getLogger("LiteLLM").setLevel(logging.WARNING)  # litellm logs every call at INFO
-        embedded.register(self.config.embedded_tokens_per_second)
         #: The config file's models by name: each an alias with its own upstream (`streamgate.core.models`).
         self._routes = {route.name: route for route in self.config.routes}
         try:
             # With a model list, every entry has its own upstream: no provider is "home" to a flag's api_base.
-            home = None if self._routes else litellm.get_llm_provider(self.config.model)[1]
+            home = None if self._routes else _resolve(self.config.model)[1]
         except Exception:
             home = None  # an unknown default model: `resolve_model` below says so
         #: The default model's provider: the operator's api_base and key are its settings, no one else's.
@@ -59,7 +82,7 @@ class LiteLLMProvider:
             # OLLAMA_API_BASE, else localhost:11434. The operator's upstream is the one to ask.
             os.environ.setdefault("OLLAMA_API_BASE", self.config.api_base)
         for route in self.config.routes:
-            if route.api_base and litellm.get_llm_provider(route.model)[1] in ("ollama", "ollama_chat"):
+            if route.api_base and _resolve(route.model)[1] in ("ollama", "ollama_chat"):
                 os.environ.setdefault("OLLAMA_API_BASE", route.api_base)  # as above, for the list's Ollama
         self._policy = ModelPolicy(
             tuple(self._routes) or (self.config.model, *self.config.fallback_models, *self.config.allowed_models),
@@ -121,7 +144,7 @@ class LiteLLMProvider:
         try:
             # Without the operator's api_base: litellm would hand it back as this model's base URL,
             # whatever the provider (the api_base is the default model's provider's, `_kwargs`).
-            name, provider, key, base = litellm.get_llm_provider(self._target(model))
+            name, provider, key, base = _resolve(self._target(model))
         except Exception as exc:
             raise model_not_found(
                 f"unknown model {model!r}: name it as litellm does, with its provider, e.g. 'openai/gpt-4o-mini'"
@@ -146,21 +169,36 @@ class LiteLLMProvider:
             num_retries=0,
             drop_params=True,
         )
-        if self._known.get(model) == embedded.PROVIDER:
-            kwargs["tokens_per_second"] = self.config.embedded_tokens_per_second
-        else:  # the operator's upstream for this model: its URL and key; another upstream never gets them
-            api_base, api_key = self._upstream(model)
-            if api_base:
-                kwargs["api_base"] = api_base
-            if api_key:
-                kwargs["api_key"] = api_key
+        # The operator's upstream for this model: its URL and key; another upstream never gets them.
+        api_base, api_key = self._upstream(model)
+        if api_base:
+            kwargs["api_base"] = api_base
+        if api_key:
+            kwargs["api_key"] = api_key
         return kwargs
+
+    def _split(self, model: str) -> tuple[str, str]:
+        """The provider prefix of the litellm model string `model` stands for, and the rest."""
+        provider, _, name = self._target(model).partition("/")
+        return provider, name
 
     def stream(self, request: StreamRequest, model: str) -> AsyncGenerator[Delta, None]:
         trace = UPSTREAM_HEADERS.get()  # a traced stream's `traceparent`, sent upstream (`streamgate.core.observe`)
+        provider, name = self._split(model)
+        if provider == embedded.PROVIDER:
+            return self._stream_embedded(request, name)
         if self.config.enable_streaming and self.config.fast_path and model in self._lean:
             return self._stream_lean(request, model, trace)
         return self._stream_litellm(request, model, trace)
+
+    def _stream_embedded(self, request: StreamRequest, name: str) -> AsyncGenerator[Delta, None]:
+        """The embedded model, straight from its generator (no upstream, no litellm)."""
+        messages = [m.to_openai() for m in request.messages]
+        params = request.parameters.merged_over(self.config.parameters).to_kwargs()
+        pace = self.config.embedded_tokens_per_second
+        if self.config.enable_streaming:
+            return embedded.stream(name, messages, params, pace)
+        return _one(embedded.complete(messages, params, pace))
 
     def _session_for_loop(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -221,7 +259,7 @@ class LiteLLMProvider:
                 yield delta
             return
         try:
-            upstream = await litellm.acompletion(stream=True, stream_options={"include_usage": True}, **kwargs)
+            upstream = await _litellm().acompletion(stream=True, stream_options={"include_usage": True}, **kwargs)
         except Exception as exc:
             raise translate(exc) from exc
         try:
@@ -237,7 +275,7 @@ class LiteLLMProvider:
 
     async def _whole(self, kwargs: dict[str, Any]) -> AsyncGenerator[Delta, None]:
         try:
-            response = await litellm.acompletion(stream=False, **kwargs)
+            response = await _litellm().acompletion(stream=False, **kwargs)
         except Exception as exc:
             raise translate(exc) from exc
         choice = response.choices[0]
@@ -250,31 +288,60 @@ class LiteLLMProvider:
         )
 
     async def warm_up(self) -> None:
-        """Pay litellm's first-call costs (lazy imports, tokenizer) before the first user does."""
+        """Pay first-call costs before the first user does: litellm's (lazy imports, its stream
+        wrapper, tokenizer) when a configured model needs litellm; litellm stays unloaded otherwise."""
         request = StreamRequest.create(query="hello", parameters=GenerationParameters(max_tokens=1))
-        model = f"{embedded.PROVIDER}/{embedded.MODEL}"
-        self._known.setdefault(model, embedded.PROVIDER)
-        upstream = self.stream(request, model)
+        upstream = self._stream_embedded(request, embedded.MODEL)
         try:
             async for _ in upstream:
                 pass
         finally:
             await upstream.aclose()
+        if "litellm" not in sys.modules:
+            return
+        litellm = _litellm()
+        # A mocked answer: litellm's whole stream path, offline, with no upstream asked.
+        response = await litellm.acompletion(
+            model="openai/streamgate-warm-up",
+            messages=[{"role": "user", "content": "hello"}],
+            mock_response="hello",
+            stream=True,
+        )
+        try:
+            async for _ in response:
+                pass
+        finally:
+            await response.aclose()
         self.count_tokens(self.config.model, "hello")
 
     def count_tokens(self, model: str, text: str) -> int:
-        if self._known.get(model) == embedded.PROVIDER:
+        provider, name = self._split(model)
+        if provider == embedded.PROVIDER:
             return embedded.count_tokens(text)
+        encoding = tokens.encoding_for(provider, name)
         try:
-            return int(litellm.token_counter(model=self._target(model), text=text))
+            if encoding is not None:
+                return tokens.count(encoding, text)
+            return int(_litellm().token_counter(model=self._target(model), text=text))
         except Exception:
             return embedded.count_tokens(text)
 
     def cost(self, model: str, usage: Usage) -> float | None:
         if model in self._unpriced:
             return None
+        provider, name = self._split(model)
+        if provider == embedded.PROVIDER:
+            if name != embedded.MODEL:
+                return None  # only `streamgate/default` has a price (litellm's answer too)
+            return embedded.PRICE[0] * usage.prompt_tokens + embedded.PRICE[1] * usage.completion_tokens
+        price = prices.lookup(provider, name)
+        if price is None:
+            return None  # litellm's table has no price for it: unknown, not free
+        flat = price.cost(usage)
+        if flat is not None:
+            return flat
         try:
-            prompt, completion = litellm.cost_per_token(
+            prompt, completion = _litellm().cost_per_token(
                 model=self._target(model), prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
             )
         except Exception:
@@ -284,6 +351,11 @@ class LiteLLMProvider:
                 self._unpriced.add(model)
             return None
         return float(prompt) + float(completion)
+
+
+async def _one(delta: Awaitable[Delta]) -> AsyncGenerator[Delta, None]:
+    """A stream of the one `Delta` an awaitable gives."""
+    yield await delta
 
 
 def _delta(chunk: Any) -> Delta:

@@ -1,56 +1,65 @@
-"""Translate upstream (litellm, openai, httpx) exceptions into `StreamError`, once, where they enter."""
+"""Translate upstream (litellm, openai, httpx) exceptions into `StreamError`, once, where they enter.
+
+Only litellm's path raises them: the table (and with it litellm and openai) loads on the first
+translation, so a core that never uses litellm never imports it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-
-import openai
-from litellm import exceptions as litellm
+import functools
 
 from streamgate.contract import ErrorCode, StreamError
 
-# Checked in order: subclasses before their bases (litellm's
-# ContextWindowExceededError is a BadRequestError, MidStreamFallbackError a
-# ServiceUnavailableError).
-_TABLE: tuple[tuple[type[BaseException], ErrorCode, bool, str], ...] = (
-    (
-        litellm.ContextWindowExceededError,
-        ErrorCode.INVALID_ARGUMENT,
-        False,
-        "the prompt is too long for the model",
-    ),
-    (
-        litellm.ContentPolicyViolationError,
-        ErrorCode.INVALID_ARGUMENT,
-        False,
-        "the provider refused the content",
-    ),
-    (litellm.MidStreamFallbackError, ErrorCode.UNAVAILABLE, True, "the upstream stream broke off"),
-    (litellm.Timeout, ErrorCode.DEADLINE_EXCEEDED, True, "the upstream timed out"),
-    (litellm.RateLimitError, ErrorCode.RESOURCE_EXHAUSTED, True, "the upstream is rate limiting"),
-    (
-        litellm.AuthenticationError,
-        ErrorCode.INTERNAL,
-        False,
-        "the upstream rejected the gateway's credentials",
-    ),
-    (litellm.PermissionDeniedError, ErrorCode.INTERNAL, False, "the upstream denied access to the model"),
-    (litellm.NotFoundError, ErrorCode.INVALID_ARGUMENT, False, "the upstream does not know the model"),
-    (
-        litellm.UnprocessableEntityError,
-        ErrorCode.INVALID_ARGUMENT,
-        False,
-        "the upstream rejected the request",
-    ),
-    (litellm.BadRequestError, ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"),
-    (litellm.APIConnectionError, ErrorCode.UNAVAILABLE, True, "cannot reach the upstream"),
-    (litellm.ServiceUnavailableError, ErrorCode.UNAVAILABLE, True, "the upstream is unavailable"),
-    (litellm.BadGatewayError, ErrorCode.UNAVAILABLE, True, "the upstream failed"),
-    (litellm.InternalServerError, ErrorCode.UNAVAILABLE, True, "the upstream failed"),
-    (openai.APIError, ErrorCode.UNAVAILABLE, True, "the upstream failed"),
-    (asyncio.TimeoutError, ErrorCode.DEADLINE_EXCEEDED, True, "the upstream timed out"),
-    (ConnectionError, ErrorCode.UNAVAILABLE, True, "the connection to the upstream failed"),
-)
+_Table = tuple[tuple[type[BaseException], ErrorCode, bool, str], ...]
+
+
+@functools.cache
+def _table() -> _Table:
+    """Checked in order: subclasses before their bases (litellm's ContextWindowExceededError is a
+    BadRequestError, MidStreamFallbackError a ServiceUnavailableError)."""
+    import openai
+    from litellm import exceptions as litellm
+
+    return (
+        (
+            litellm.ContextWindowExceededError,
+            ErrorCode.INVALID_ARGUMENT,
+            False,
+            "the prompt is too long for the model",
+        ),
+        (
+            litellm.ContentPolicyViolationError,
+            ErrorCode.INVALID_ARGUMENT,
+            False,
+            "the provider refused the content",
+        ),
+        (litellm.MidStreamFallbackError, ErrorCode.UNAVAILABLE, True, "the upstream stream broke off"),
+        (litellm.Timeout, ErrorCode.DEADLINE_EXCEEDED, True, "the upstream timed out"),
+        (litellm.RateLimitError, ErrorCode.RESOURCE_EXHAUSTED, True, "the upstream is rate limiting"),
+        (
+            litellm.AuthenticationError,
+            ErrorCode.INTERNAL,
+            False,
+            "the upstream rejected the gateway's credentials",
+        ),
+        (litellm.PermissionDeniedError, ErrorCode.INTERNAL, False, "the upstream denied access to the model"),
+        (litellm.NotFoundError, ErrorCode.INVALID_ARGUMENT, False, "the upstream does not know the model"),
+        (
+            litellm.UnprocessableEntityError,
+            ErrorCode.INVALID_ARGUMENT,
+            False,
+            "the upstream rejected the request",
+        ),
+        (litellm.BadRequestError, ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"),
+        (litellm.APIConnectionError, ErrorCode.UNAVAILABLE, True, "cannot reach the upstream"),
+        (litellm.ServiceUnavailableError, ErrorCode.UNAVAILABLE, True, "the upstream is unavailable"),
+        (litellm.BadGatewayError, ErrorCode.UNAVAILABLE, True, "the upstream failed"),
+        (litellm.InternalServerError, ErrorCode.UNAVAILABLE, True, "the upstream failed"),
+        (openai.APIError, ErrorCode.UNAVAILABLE, True, "the upstream failed"),
+        (asyncio.TimeoutError, ErrorCode.DEADLINE_EXCEEDED, True, "the upstream timed out"),
+        (ConnectionError, ErrorCode.UNAVAILABLE, True, "the connection to the upstream failed"),
+    )
 
 
 def _detail(exc: BaseException) -> str:
@@ -67,7 +76,7 @@ def translate(exc: BaseException) -> StreamError:
     """Map an exception raised by a provider to the one error model."""
     if isinstance(exc, StreamError):
         return exc
-    for kind, code, retryable, summary in _TABLE:
+    for kind, code, retryable, summary in _table():
         if isinstance(exc, kind):
             detail = _detail(exc)
             message = f"{summary}: {detail}" if detail else summary
