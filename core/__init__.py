@@ -1,7 +1,8 @@
 """streamgate's core: generation, limits, timeouts and metrics. No transport code.
 
-`LiteLLMProvider` (and with it litellm, about 4 s to import) loads on first
-use, so the bridge and the generated clients can use the core's values alone.
+`LiteLLMProvider` loads on first use, so the bridge and the generated clients
+can use the core's values alone; litellm itself (about 4 s and 220 MiB to
+import) loads only when a model needs it (`provider`, `lean`).
 """
 
 from typing import TYPE_CHECKING, Any

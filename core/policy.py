@@ -93,7 +93,8 @@ class ModelPolicy:
             )
 
     def check_provider(self, model: str, provider: str) -> None:
-        """After litellm resolved it: a vetted hosted provider, or the default model's own."""
+        """After it is resolved (by litellm, or `lean` for the providers it knows): a vetted hosted
+        provider, or the default model's own."""
         if model in self._written or provider in HOSTED or provider == self._home:
             return
         raise model_not_found(
