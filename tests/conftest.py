@@ -51,7 +51,7 @@ async def make_core(upstream: FakeUpstream) -> AsyncIterator[CoreFactory]:
         link_token = overrides.pop("link_token", LINK_TOKEN)
         server_fields = {
             k: overrides.pop(k)
-            for k in ("ledger", "data_dir", "admins", "tracer_provider", "redis_url", "redis_fail")
+            for k in ("ledger", "data_dir", "admins", "tracer_provider", "redis_url", "redis_fail", "link_listen")
             if k in overrides
         }
         fields = {"model": "openai/fake", "api_base": upstream.api_base, "api_key": "test-key", "retry_backoff": 0.01}

@@ -31,6 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -49,6 +50,7 @@ from streamgate.contract import (
     error_from_status,
     event_from_proto,
 )
+from streamgate.link._stream import StreamCall, parse_address
 from streamgate.link._wire import BATCH_BYTES, TOKEN_HEADER, client_keepalive, merged_text
 from streamgate.link.v1 import link_pb2 as link_pb
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
@@ -289,8 +291,9 @@ class CoreStream:
 class _Link:
     """One `Relay` call and the streams it carries."""
 
-    def __init__(self, stub: link_grpc.LinkServiceAsyncStub, coalesce: bool, link_token: str | None) -> None:
-        self._call = stub.Relay(metadata=((TOKEN_HEADER, link_token),) if link_token else None)
+    def __init__(self, call: Any, coalesce: bool) -> None:
+        """`call`: the `Relay` call, over gRPC or over a plain socket (`streamgate.link._stream`)."""
+        self._call: Any = call
         self.coalesce = coalesce
         self._streams: dict[int, CoreStream] = {}
         self._ids = itertools.count(1)
@@ -422,15 +425,28 @@ class _Link:
 
 class CoreClient:
     def __init__(
-        self, address: str, *, coalesce: bool = True, link_token: str | None = None, trace: bool = False
+        self,
+        address: str,
+        *,
+        coalesce: bool = True,
+        link_token: str | None = None,
+        trace: bool = False,
+        link: str | None = None,
     ) -> None:
         """`coalesce`: chunks that waited together (the reader was slower than the core) come as one.
+
+        `link`: where the core serves the link over a plain socket (`unix:PATH` or `HOST:PORT`, its
+        `--link-listen`): the streams go there, not over a gRPC `Relay` call, at a fraction of the CPU
+        a message (`streamgate.link._stream`). The other calls (health, models, usage) stay on gRPC.
 
         `link_token`: the core's link token (STREAMGATE_LINK_TOKEN); the core refuses a link without it.
         `trace`: each stream carries the current span's trace context (`RelayOpen.traceparent`), so that
         the core's span of it is that span's child.
         """
         self.address = address
+        if link is not None:
+            parse_address(link)  # a bad address fails here, not on the first stream
+        self.link_address = link
         self._coalesce = coalesce
         self._trace = trace
         self._link_token = link_token
@@ -480,12 +496,18 @@ class CoreClient:
         _check_credentials(authorization)
         link = self._link
         if link is None or link.broken is not None:
-            link = self._link = _Link(self._stub, self._coalesce, self._link_token)
+            link = self._link = _Link(self._relay_call(), self._coalesce)
         if link.full:  # the core reads commands slower than they come: wait for the writer
             await link.room()
             if link.broken is not None:
                 raise link.broken
         return link
+
+    def _relay_call(self) -> Any:
+        if self.link_address is not None:
+            return StreamCall(self.link_address, self._link_token)
+        token = self._link_token
+        return self._stub.Relay(metadata=((TOKEN_HEADER, token),) if token else None)
 
     async def list_models(self, authorization: str | None = None) -> pb.ListModelsResponse:
         """The models a client may name (the core's `ListModels`); raises `StreamError`."""

@@ -37,6 +37,8 @@ import contextlib
 import dataclasses
 import hmac
 import logging
+import os
+import stat
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -51,6 +53,7 @@ from streamgate.link.v1 import link_pb2 as link_pb
 from streamgate.link.v1 import link_pb2_grpc as link_grpc
 from streamgate.v1 import streamgate_pb2 as pb
 
+from ._stream import MAX_FRAME, Aborted, StreamContext, parse_address
 from ._wire import BATCH_BYTES, TOKEN_ENV, TOKEN_HEADER, merged_text
 
 if TYPE_CHECKING:
@@ -215,7 +218,7 @@ class _Outbox:
 class RelaySession:
     """One `Relay` call: the streams it carries, by the client's stream id."""
 
-    def __init__(self, gateway: Gateway, keyring: Keyring, context: RelayContext) -> None:
+    def __init__(self, gateway: Gateway, keyring: Keyring, context: RelayContext | StreamContext) -> None:
         self._gateway = gateway
         self._keyring = keyring
         self._context = context
@@ -433,7 +436,10 @@ class RelaySession:
         """A writer that failed would leave every stream of the call without frames: end the call instead."""
         if writer.cancelled() or writer.exception() is None:
             return
-        logger.error("relay: cannot send, ending the call", exc_info=writer.exception())
+        if isinstance(writer.exception(), ConnectionError):  # the bridge left: the reader ends the call too
+            logger.info("relay: the bridge's connection closed while frames were being sent")
+        else:
+            logger.error("relay: cannot send, ending the call", exc_info=writer.exception())
         if self._handler is not None and not self._handler.done():
             self._handler.cancel()
 
@@ -472,6 +478,8 @@ class LinkServicer(link_grpc.LinkServiceServicer):
         self.keyring = keyring
         self.sessions: set[RelaySession] = set()
         self._link_token = link_token.encode() if link_token else None
+        #: The tasks serving link connections over a plain socket (`serve_stream`), and their writers.
+        self._connections: dict[asyncio.Task[object], asyncio.StreamWriter] = {}
 
     async def Relay(  # type: ignore[override]  # grpc.aio: a bidi handler may write with context.write
         self,
@@ -496,6 +504,68 @@ class LinkServicer(link_grpc.LinkServiceServicer):
             await session.run()
         finally:
             self.sessions.discard(session)
+
+    async def serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One bridge's link over a plain stream socket (`streamgate.link._stream`): the same session
+        as a `Relay` call, after the same check of the link token."""
+        context = StreamContext(reader, writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
+        try:
+            presented = await context.hello()
+            if self._link_token is None:
+                logger.debug("link connection refused: no link token configured")
+                await context.end(grpc.StatusCode.PERMISSION_DENIED, RELAY_OFF)
+                return
+            if presented is None or not hmac.compare_digest(presented, self._link_token):
+                logger.debug("link connection refused: missing or wrong link token")
+                await context.end(grpc.StatusCode.PERMISSION_DENIED, RELAY_WRONG_TOKEN)
+                return
+            session = RelaySession(self.gateway, self.keyring, context)
+            self.sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self.sessions.discard(session)
+            await context.end(grpc.StatusCode.OK)
+        except (Aborted, ConnectionError):
+            pass  # the call ended with its status already sent, or the bridge left (its streams were cancelled)
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+
+    async def listen(self, address: str) -> tuple[asyncio.Server, str]:
+        """Serve the link over a plain stream socket at `unix:PATH` (readable by this user only) or
+        `HOST:PORT` (0: a free port); returns the server and the address bridges connect to."""
+        target = parse_address(address)
+        if isinstance(target, str):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.stat(target).st_mode):
+                    os.unlink(target)  # a socket left by a core that was killed
+            server = await asyncio.start_unix_server(self.serve_stream, target, limit=MAX_FRAME)
+            os.chmod(target, 0o600)
+            return server, f"unix:{target}"
+        server = await asyncio.start_server(self.serve_stream, *target, limit=MAX_FRAME)
+        host, port = server.sockets[0].getsockname()[:2]
+        return server, f"{host}:{port}"
+
+    async def stop_listening(self, server: asyncio.Server, grace: float) -> None:
+        """Stop taking link connections; give those open `grace` seconds to send their last frames."""
+        names = [sock.getsockname() for sock in server.sockets]
+        server.close()
+        for name in names:
+            if isinstance(name, str) and name:  # a Unix socket's file
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+        connections = list(self._connections)
+        if connections:
+            _, late = await asyncio.wait(connections, timeout=grace)
+            for task in late:  # as if the bridge left: the session cancels its streams and ends
+                self._connections[task].transport.abort()
+            if late:
+                await asyncio.wait(late)
+        await server.wait_closed()
 
     def close(self) -> None:
         """End every Relay call once the streams it carries have ended (shutdown, after the drain)."""

@@ -66,6 +66,9 @@ class CoreServerConfig:
     #: While Redis cannot be reached, the admissions it would decide: "open" (under this core's own
     #: limits) or "closed" (UNAVAILABLE).
     redis_fail: FailRule = "open"
+    #: Where bridges may also reach the link over a plain socket, without gRPC (`streamgate.link._stream`):
+    #: `unix:PATH` or `HOST:PORT`; None: only the gRPC `Relay` call.
+    link_listen: str | None = None
     #: Where each stream's spans go (`streamgate._telemetry`); None: traces off.
     tracer_provider: TracerProvider | None = field(default=None, repr=False, compare=False)
 
@@ -104,6 +107,9 @@ class CoreServer:
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port: int | None = None
+        #: Where bridges reach the link over a plain socket (`link_listen`, its port chosen); None: not served.
+        self.link_address: str | None = None
+        self._link_server: asyncio.Server | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_http: WSGIServer | None = None
 
@@ -150,6 +156,8 @@ class CoreServer:
             raise OSError(f"cannot listen on {sc.host}:{sc.grpc_port}")
         await server.start()
         self._server = server
+        if sc.link_listen is not None:
+            self._link_server, self.link_address = await self.link.listen(sc.link_listen)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if sc.metrics_port is not None:
@@ -172,6 +180,8 @@ class CoreServer:
         self.link.close()  # their streams have ended: let the calls end too, not wait for stop()
         if self._server is not None:
             await self._server.stop(1.0)
+        if self._link_server is not None:
+            await self.link.stop_listening(self._link_server, 1.0)
         await self.gateway.provider.close()
         if self.gateway.shared is not None:  # after the drain: releases, costs and replays written
             await self.gateway.shared.close()
@@ -195,7 +205,7 @@ async def run_core(config: LiteLLMConfig, server_config: CoreServerConfig, ready
     server = CoreServer(config, server_config)
     await server.start()
     if ready_fd is not None:
-        ready = {"address": server.address, "metrics_port": server.metrics_port}
+        ready = {"address": server.address, "metrics_port": server.metrics_port, "link": server.link_address}
         with os.fdopen(ready_fd, "w") as pipe:
             pipe.write(json.dumps(ready) + "\n")
     # litellm leaves about 380,000 objects behind its import; a full collection walks them all
