@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import json
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -18,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import streamgate._telemetry as _telemetry
 from streamgate.contract import ErrorCode, StreamError
 from streamgate.link.client import CoreClient
+from streamgate.link.pool import CorePool
 
 from . import observe, openai_api, usage
 from .config import BridgeConfig
@@ -152,8 +155,12 @@ def create_app(config: BridgeConfig) -> web.Application:
     tracer = _telemetry.tracer(config.tracer_provider)
 
     async def core_client(app: web.Application) -> AsyncIterator[None]:
-        client = CoreClient(
-            config.core, coalesce=config.coalesce, link_token=config.link_token, trace=tracer is not None
+        trace = tracer is not None
+        cores = config.cores
+        client: CoreClient | CorePool = (
+            CoreClient(cores[0], coalesce=config.coalesce, link_token=config.link_token, trace=trace)
+            if len(cores) == 1
+            else CorePool(cores, coalesce=config.coalesce, link_token=config.link_token, trace=trace)
         )
         app[STATE] = BridgeState(config, client, tracer=tracer)
         yield
@@ -216,7 +223,9 @@ class BridgeServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.http_port)
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.http_port, reuse_port=self.config.reuse_port or None
+        )
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         logger.info("bridge listening on %s (core %s)", self.url, self.config.core)
@@ -228,10 +237,17 @@ class BridgeServer:
         logger.info("bridge stopped")
 
 
-async def run_bridge(config: BridgeConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then drain."""
+async def run_bridge(config: BridgeConfig, ready_fd: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain.
+
+    `ready_fd`: a pipe to write `{"port": N}` to (one JSON line), then close, once the bridge listens
+    (how `streamgate serve --workers N` learns that its other bridges listen).
+    """
     server = BridgeServer(config)
     await server.start()
+    if ready_fd is not None:
+        with os.fdopen(ready_fd, "w") as pipe:
+            pipe.write(json.dumps({"port": server.port}) + "\n")
     gc.freeze()  # what startup left lives as long as the process: keep full collections short
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,11 +12,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class BridgeConfig:
-    #: The core's gRPC address, HOST:PORT.
+    #: The core's gRPC address, HOST:PORT; or several cores' (comma-separated): the streams are spread over them.
     core: str = "127.0.0.1:50051"
     host: str = "127.0.0.1"
     #: 0 picks a free port.
     http_port: int = 8000
+    #: Share the HTTP port with other bridge processes (SO_REUSEPORT: the kernel spreads the connections).
+    reuse_port: bool = False
     #: Seconds of silence after which an SSE stream gets a `: ping` comment line.
     keepalive_interval: float = 15.0
     #: Largest request body (and WebSocket message) accepted, in bytes.
@@ -43,9 +45,10 @@ class BridgeConfig:
     tracer_provider: TracerProvider | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        host, sep, port = self.core.rpartition(":")
-        if not (sep and host and port.isdigit()):
-            raise ValueError(f"core must be HOST:PORT, got {self.core!r}")
+        for core in self.cores:
+            host, sep, port = core.rpartition(":")
+            if not (sep and host and port.isdigit()):
+                raise ValueError(f"core must be HOST:PORT (or several, comma-separated), got {self.core!r}")
         if not 0 <= self.http_port <= 65535:
             raise ValueError(f"http_port must be 0-65535, got {self.http_port}")
         if not (self.keepalive_interval > 0 and math.isfinite(self.keepalive_interval)):
@@ -60,3 +63,8 @@ class BridgeConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+
+    @property
+    def cores(self) -> tuple[str, ...]:
+        """The cores' addresses (`core`, split at its commas)."""
+        return tuple(part.strip() for part in self.core.split(",") if part.strip()) or (self.core,)

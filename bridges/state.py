@@ -15,6 +15,7 @@ from aiohttp import web
 
 from streamgate.contract import Chunk, Completion, ErrorCode, Failure, StreamError
 from streamgate.link.client import CoreClient, CoreStream
+from streamgate.link.pool import CorePool
 
 from .config import BridgeConfig
 from .metrics import BridgeMetrics
@@ -166,7 +167,7 @@ class OpenStream:
 @dataclass
 class BridgeState:
     config: BridgeConfig
-    client: CoreClient
+    client: CoreClient | CorePool
     metrics: BridgeMetrics = field(default_factory=BridgeMetrics)
     streams: set[OpenStream] = field(default_factory=set)
     #: Streams whose final frame went out, so that a reconnect after it is told so (`resume.py`).

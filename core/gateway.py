@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from .shared import Lease, RemoteReplay, SharedState
+    from .slots import SlotTable
 
 logger = logging.getLogger("streamgate.core")
 
@@ -71,6 +72,8 @@ class Gateway:
         #: Limits, budgets and replays shared with other cores through Redis (`streamgate.core.shared`);
         #: None: this core counts alone, and nothing here awaits it.
         self.shared: SharedState | None = None
+        #: The limits counted over every core worker of one server (`streamgate.core.slots`); None: one core.
+        self.slots: SlotTable | None = None
 
     @property
     def active_streams(self) -> int:
@@ -110,6 +113,8 @@ class Gateway:
                 )
             if self.budgets:
                 self.budgets.check(principal)
+            if self.slots is not None:  # last: nothing after it refuses, so a slot taken is a stream admitted
+                self.slots.take(model, principal, limit, model_limit, per_key)
         except StreamError as error:
             if lease is not None:
                 lease.release()
@@ -197,6 +202,8 @@ class Gateway:
         if principal is not None:
             _take_one(self._per_key, principal)
         _take_one(self._per_model, stream.admitted_model)
+        if self.slots is not None:
+            self.slots.give(stream.admitted_model, principal)
         if not self._streams:
             self._idle.set()
 

@@ -44,6 +44,21 @@ def _on_off(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
 
 
+def _workers(text: str | int) -> int:
+    """A number of worker processes, or `auto`: one per CPU."""
+    if isinstance(text, int):
+        return text
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or auto, got {text[:20]!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"workers must be at least 1, got {count}")
+    return count
+
+
 def _optional_port(text: str) -> int | None:
     return None if text.lower() in ("", "off", "none") else int(text)
 
@@ -206,8 +221,21 @@ def _fail_rule(text: str) -> str:
 def _bridge_flags(parser: argparse.ArgumentParser, with_core: bool) -> None:
     group = parser.add_argument_group("bridge (HTTP: SSE, WebSocket, page)")
     if with_core:
-        _add(group, "--core", str, "127.0.0.1:50051", "the core's gRPC address, HOST:PORT")
+        _add(
+            group,
+            "--core",
+            str,
+            "127.0.0.1:50051",
+            "the core's gRPC address, HOST:PORT; or several cores', comma-separated (streams are spread over them)",
+        )
         _add(group, "--host", str, "127.0.0.1", "address to listen on")
+        _add(
+            group,
+            "--reuse-port",
+            _on_off,
+            False,
+            "share the HTTP port with other bridge processes (SO_REUSEPORT), as serve --workers does (on/off)",
+        )
     _add(group, "--http-port", int, 8000, "HTTP port (0: any free port)")
     _add(group, "--keepalive-interval", float, 15.0, "seconds of silence before an SSE ': ping' line")
     _add(group, "--max-body-bytes", int, 1024 * 1024, "largest request body or WebSocket message")
@@ -287,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="once listening, write the address as one JSON line to this file descriptor (how serve learns it)",
     )
+    core.add_argument(
+        "--slots-file",
+        default=None,
+        help="the table of limits the core workers of one server share (serve --workers makes it and sets this)",
+    )
+    core.add_argument("--worker", type=int, default=0, help="this core's row in --slots-file (set by serve)")
     _link_flag(core)
     bridge = commands.add_parser(
         "bridge",
@@ -294,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the HTTP bridge: SSE and WebSocket streams for browsers over the core's gRPC stream.",
     )
     _bridge_flags(bridge, with_core=True)
+    bridge.add_argument(
+        "--ready-fd",
+        type=int,
+        default=None,
+        help="once listening, write the port as one JSON line to this file descriptor (how serve learns it)",
+    )
     _link_flag(bridge)
     serve = commands.add_parser(
         "serve",
@@ -303,6 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_flags(serve)
     _core_flags(serve)
     _bridge_flags(serve, with_core=False)
+    workers = serve.add_argument_group(
+        "workers (processes; the limits stay the whole server's: see the README)",
+    )
+    _add(
+        workers,
+        "--workers",
+        _workers,
+        1,
+        "core processes and bridge processes (the bridges share the HTTP port, each links to every core);"
+        " auto: one of each per CPU",
+    )
+    _add(workers, "--core-workers", _workers, None, "core processes, if not --workers")
+    _add(workers, "--bridge-workers", _workers, None, "bridge processes, if not --workers")
     return parser
 
 
@@ -358,6 +411,8 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         admins=args.admins,
         redis_url=args.redis_url,
         redis_fail=args.redis_fail,
+        slots_file=getattr(args, "slots_file", None),  # serve --workers sets them for its core children
+        worker=getattr(args, "worker", 0),
     )
     return config, server
 
@@ -377,6 +432,7 @@ def _bridge_config(args: argparse.Namespace, core: str) -> Any:
         write_stall_timeout=args.write_stall_timeout,
         drain_grace=args.drain_grace,
         link_token=getattr(args, "link_token", None),  # serve makes its own
+        reuse_port=getattr(args, "reuse_port", False),
     )
 
 
@@ -423,6 +479,51 @@ def _core_argv(args: argparse.Namespace) -> list[str]:
             value = ",".join(value)
         argv += [f"--{name.replace('_', '-')}", "off" if value is None else str(value)]
     return argv
+
+
+def _bridge_argv(args: argparse.Namespace) -> list[str]:
+    """`streamgate bridge` flags that reproduce serve's bridge settings (serve adds --core and the port)."""
+    names = (
+        "keepalive_interval",
+        "max_body_bytes",
+        "cors_origins",
+        "header_timeout",
+        "body_timeout",
+        "write_stall_timeout",
+        "drain_grace",
+    )
+    argv = []
+    for name in names:
+        value = getattr(args, name)
+        if name == "drain_grace":  # as serve's own bridge: the cores' final frames (at their grace) come first
+            value += 2.0
+        argv += [f"--{name.replace('_', '-')}", ",".join(value) if isinstance(value, tuple) else str(value)]
+    return argv
+
+
+def _workers_plan(args: argparse.Namespace, config: Any, server: Any) -> Any:
+    """What serve starts: --core-workers and --bridge-workers, each --workers unless set."""
+    from streamgate.serve import Workers
+
+    cores = args.core_workers or args.workers
+    columns: tuple[str, ...] = ()
+    budgets: tuple[str, ...] = ()
+    if cores > 1:
+        from streamgate.core.slots import slot_names
+
+        model_limits = [(route.name, route.max_concurrent_streams) for route in config.routes]
+        holders = [name for name, _ in server.keyring.keys]
+        columns = tuple(slot_names(model_limits, holders, config.max_streams_per_key))
+        budgets = tuple(budget.holder for budget in config.budgets)
+    return Workers(
+        cores=cores,
+        bridges=args.bridge_workers or args.workers,
+        bridge_argv=tuple(_bridge_argv(args)),
+        slot_columns=columns,
+        slot_budgets=budgets,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+    )
 
 
 #: Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005).
@@ -472,13 +573,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             bridge = _bridge_config(args, args.core)
             traces = _telemetry.from_environment(_telemetry.BRIDGE_SERVICE)
-            _run(run_bridge(dataclasses.replace(bridge, tracer_provider=traces)), args.loop)
+            _run(run_bridge(dataclasses.replace(bridge, tracer_provider=traces), args.ready_fd), args.loop)
         elif args.command == "serve":
             # The model library (litellm) takes about 10 s to import: say so before the wait.
             logging.getLogger("streamgate.serve").info("starting: loading the model library (about 10 s)...")
             from streamgate.serve import serve
 
-            _core_configs(args)  # validate before starting anything
+            core_config, server_config = _core_configs(args)  # validate before starting anything
+            workers = _workers_plan(args, core_config, server_config)
             secrets = ("--upstream-api-key", "--api-keys", "--ledger", "--redis-url")
             for flag in secrets:  # secrets reach the core by environment
                 value = getattr(args, flag[2:].replace("-", "_"))
@@ -491,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def bridge_config(core: str) -> Any:
                 return dataclasses.replace(_bridge_config(args, core), tracer_provider=traces)
 
-            return _run(serve(options, _core_argv(args), bridge_config), args.loop)
+            return _run(serve(options, _core_argv(args), bridge_config, workers), args.loop)
     except (ValueError, OSError) as exc:  # a bad flag value or file: say which, without a traceback
         parser.error(str(exc))
     except StreamError as exc:  # e.g. an unknown --model

@@ -66,6 +66,10 @@ class CoreServerConfig:
     #: While Redis cannot be reached, the admissions it would decide: "open" (under this core's own
     #: limits) or "closed" (UNAVAILABLE).
     redis_fail: FailRule = "open"
+    #: The table of limits shared by every core worker of one `streamgate serve --workers N`
+    #: (`streamgate.core.slots`), and this worker's row in it; None: this core counts alone.
+    slots_file: str | None = None
+    worker: int = 0
     #: Where bridges may also reach the link over a plain socket, without gRPC (`streamgate.link._stream`):
     #: `unix:PATH` or `HOST:PORT`; None: only the gRPC `Relay` call.
     link_listen: str | None = None
@@ -145,6 +149,8 @@ class CoreServer:
             from streamgate.core.shared import share
 
             await share(self.gateway, SharedConfig(sc.redis_url, sc.redis_fail))
+        if sc.slots_file is not None:  # before the budgets load too: the shared cells are filled from it
+            self._attach_slots(sc.slots_file, sc.worker)
         await self.gateway.budgets.load(self.gateway.ledger)  # the ledger is the truth: a restart forgets nothing
         if self.gateway.budgets and sc.ledger == "off":
             logger.warning("budgets are counted in memory only: with --ledger off, a restart forgets what was spent")
@@ -171,6 +177,13 @@ class CoreServer:
             self.metrics_port,
             self.gateway.ledger.location,
         )
+
+    def _attach_slots(self, path: str, worker: int) -> None:
+        from streamgate.core.slots import SlotBudgetBook, SlotTable
+
+        table = self.gateway.slots = SlotTable(path, worker)
+        if self.gateway.budgets and self.gateway.shared is None:  # with Redis, its book is the shared one
+            self.gateway.budgets = SlotBudgetBook(self.config.budgets, table)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new streams, let open ones finish within `grace`, end the rest with UNAVAILABLE."""
