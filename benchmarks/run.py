@@ -38,7 +38,17 @@ from benchmarks.procs import free_port, kill_all, raise_fd_limit
 from benchmarks.proxy_install import ensure_litellm_proxy
 from benchmarks.report import Run, SystemResults
 from benchmarks.shapes import Settings, log
-from benchmarks.systems import ALL, LITELLM_PROXY, Deployment, Pace, System, Upstream, start_upstream
+from benchmarks.systems import (
+    ALL,
+    LITELLM_PROXY,
+    STREAMGATE,
+    Deployment,
+    Pace,
+    System,
+    Upstream,
+    start_upstream,
+    streamgate_with,
+)
 
 T = TypeVar("T")
 #: Seconds freshly started systems are left alone before their idle resident memory is read.
@@ -264,6 +274,7 @@ async def steady(bench: Bench, env: Environment) -> None:
 
 def _systems(args: argparse.Namespace, run: Run) -> list[System]:
     chosen = [system for system in ALL if system.key in args.systems.split(",")]
+    chosen = [streamgate_with(args.workers) if system.key == STREAMGATE.key else system for system in chosen]
     if LITELLM_PROXY in chosen:
         availability = ensure_litellm_proxy()
         if not availability.ok:
@@ -318,6 +329,12 @@ def main() -> int:
     parser.add_argument(
         "--steady-steps", help="comma-separated steady concurrencies to try, e.g. 200,300,400 (default: the mode's)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="streamgate as `streamgate serve --workers N` (N core and N bridge processes; default 1: one of each)",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
     args = parser.parse_args()
     phases = args.phases.split(",")
@@ -331,7 +348,9 @@ def main() -> int:
         settings = dataclasses.replace(settings, paced_steps=tuple(int(n) for n in args.paced_steps.split(",")))
     if args.steady_steps:
         settings = dataclasses.replace(settings, steady_steps=tuple(int(n) for n in args.steady_steps.split(",")))
-    if args.paced_steps or args.steady_steps or phases != list(PHASES):
+    if args.workers > 1:
+        mode += f", streamgate --workers {args.workers}"
+    if args.paced_steps or args.steady_steps or phases != list(PHASES) or args.workers > 1:
         args.no_save = True  # a partial run is not the suite's result
         mode += " (partial)"
     run = Run(settings, mode, {})

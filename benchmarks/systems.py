@@ -1,6 +1,7 @@
 """The systems compared, each started as its own processes against one fake upstream.
 
-- `streamgate`: `streamgate core` (gRPC, litellm) and `streamgate bridge` (SSE), two processes;
+- `streamgate`: `streamgate core` (gRPC, litellm) and `streamgate bridge` (SSE), two processes; with
+  `--workers N` (N > 1), `streamgate serve --workers N` (N cores, N bridges on one port) instead;
 - `raw-grpc`, `raw-sse`: servers that make the tokens themselves (benchmarks/raw_servers.py), the
   floor of each transport;
 - `litellm-proxy`: LiteLLM's own proxy (`litellm --config`), the gateway users would pick instead,
@@ -10,11 +11,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +129,83 @@ async def _started(servers: dict[str, Server], start: Awaitable[Server]) -> Serv
 LINK_TOKEN_ENV = "STREAMGATE_LINK_TOKEN"
 
 
-async def deploy_streamgate(pace: Pace, upstream: Upstream, workdir: Path, launch: Launch = plain) -> Deployment:
-    """Core and bridge as two processes, linked by a token made for this deployment (as `streamgate serve` does)."""
+@dataclass
+class Role:
+    """The processes of one role under `streamgate serve --workers N`, read as one server: its core
+    children (`core`), or its bridges (`bridge`: serve's own process and its bridge children)."""
+
+    name: str
+    serve: Server
+
+    @property
+    def pid(self) -> int:
+        return self.serve.pid
+
+    @property
+    def address(self) -> str:
+        return self.serve.address
+
+    def members(self) -> list[int]:
+        found = []
+        for pid in procs.process_tree(self.serve.pid):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    is_core = b"core" in cmdline.read().split(b"\0")
+                if is_core == (self.name == "core"):
+                    found.append(pid)
+        return found
+
+    def cpu(self) -> float:
+        total = 0
+        for pid in self.members():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / procs.TICKS
+
+    def rss(self) -> int:
+        total = 0
+        for pid in self.members():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/statm") as statm:
+                total += int(statm.read().split()[1]) * procs.PAGE
+        return total
+
+    def tail(self) -> str:
+        return self.serve.tail()
+
+    async def stop(self) -> None:
+        if self.name == "bridge":  # serve stops its children
+            await self.serve.stop(grace=15.0)
+
+
+async def _deploy_workers(pace: Pace, upstream: Upstream, workers: int, bridges: int, launch: Launch) -> Deployment:
+    """`streamgate serve --core-workers N --bridge-workers M`: N core processes, M bridges sharing one HTTP port."""
+    argv = launch(
+        "serve",
+        [
+            "--log-level",
+            "INFO",
+            "serve",
+            *("--core-workers", str(workers), "--bridge-workers", str(bridges)),
+            *("--model", "openai/fake", "--api-base", upstream.api_base, "--upstream-api-key", "x"),
+            *("--metrics-port", "off", "--max-concurrent-streams", "100000", "--grpc-port", "0", "--http-port", "0"),
+        ],
+    )
+    serve = await procs.start("serve", argv, r"serving on (\S+) with", timeout=180)
+    servers: dict[str, Any] = {"core": Role("core", serve), "bridge": Role("bridge", serve)}
+    body = {"query": "go", "model": "openai/fake"}
+    target = Target("sse", f"{serve.address}/query/stream", body, dialect="streamgate")
+    return Deployment("streamgate", target, servers, uses_upstream=True)
+
+
+async def deploy_streamgate(
+    pace: Pace, upstream: Upstream, workdir: Path, launch: Launch = plain, workers: int = 1, bridges: int = 0
+) -> Deployment:
+    """Core and bridge as two processes, linked by a token made for this deployment (as `streamgate serve` does);
+    `workers` > 1 (or `bridges` > 1): `streamgate serve` with that many core processes and bridges (default as many)."""
+    if workers > 1 or bridges > 1:
+        return await _deploy_workers(pace, upstream, workers, bridges or workers, launch)
     options = ["--log-level", "INFO"]
     env: dict[str, str | None] = {LINK_TOKEN_ENV: secrets.token_urlsafe(32)}
     core_argv = launch(
@@ -206,3 +284,10 @@ RAW_GRPC = System("raw-grpc", "raw gRPC", deploy_raw_grpc, False)
 RAW_SSE = System("raw-sse", "raw SSE", deploy_raw_sse, False)
 LITELLM_PROXY = System("litellm-proxy", "LiteLLM proxy", deploy_litellm_proxy, True)
 ALL = (STREAMGATE, RAW_GRPC, RAW_SSE, LITELLM_PROXY)
+
+
+def streamgate_with(workers: int) -> System:
+    """The streamgate system with `workers` core and bridge processes (1: the plain two processes)."""
+    if workers == 1:
+        return STREAMGATE
+    return replace(STREAMGATE, deploy=functools.partial(deploy_streamgate, workers=workers))

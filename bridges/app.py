@@ -160,7 +160,9 @@ def create_app(config: BridgeConfig) -> web.Application:
         client: CoreClient | CorePool = (
             CoreClient(cores[0], coalesce=config.coalesce, link_token=config.link_token, trace=trace)
             if len(cores) == 1
-            else CorePool(cores, coalesce=config.coalesce, link_token=config.link_token, trace=trace)
+            else CorePool(
+                cores, coalesce=config.coalesce, link_token=config.link_token, trace=trace, spread=config.spread
+            )
         )
         app[STATE] = BridgeState(config, client, tracer=tracer)
         yield

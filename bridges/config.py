@@ -19,6 +19,9 @@ class BridgeConfig:
     http_port: int = 8000
     #: Share the HTTP port with other bridge processes (SO_REUSEPORT: the kernel spreads the connections).
     reuse_port: bool = False
+    #: With several cores: new streams go to each in turn; False: to the first, the next ones only when
+    #: it refuses (unreachable, draining).
+    spread: bool = True
     #: Seconds of silence after which an SSE stream gets a `: ping` comment line.
     keepalive_interval: float = 15.0
     #: Largest request body (and WebSocket message) accepted, in bytes.

@@ -236,6 +236,14 @@ def _bridge_flags(parser: argparse.ArgumentParser, with_core: bool) -> None:
             False,
             "share the HTTP port with other bridge processes (SO_REUSEPORT), as serve --workers does (on/off)",
         )
+        _add(
+            group,
+            "--spread",
+            _on_off,
+            True,
+            "with several --core: new streams go to each core in turn (on), or to the first while it takes them,"
+            " the next only when it refuses (off)",
+        )
     _add(group, "--http-port", int, 8000, "HTTP port (0: any free port)")
     _add(group, "--keepalive-interval", float, 15.0, "seconds of silence before an SSE ': ping' line")
     _add(group, "--max-body-bytes", int, 1024 * 1024, "largest request body or WebSocket message")
@@ -433,6 +441,7 @@ def _bridge_config(args: argparse.Namespace, core: str) -> Any:
         drain_grace=args.drain_grace,
         link_token=getattr(args, "link_token", None),  # serve makes its own
         reuse_port=getattr(args, "reuse_port", False),
+        spread=getattr(args, "spread", True),
     )
 
 

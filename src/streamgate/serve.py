@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -213,29 +214,32 @@ async def serve(
             address: str = core.ready.result()["address"]
             ports[i] = int(address.rpartition(":")[2])
             addresses.append(address)
+        # Bridge i takes its streams to core i (i modulo the cores) while it takes them, when every core
+        # is some bridge's first: each link then carries a whole bridge's streams (see link/pool.py).
+        spread = workers.bridges < workers.cores
+
+        def cores_of(i: int) -> str:
+            first = 0 if spread else i % len(addresses)
+            return ",".join(addresses[first:] + addresses[:first])
+
         config = dataclasses.replace(
-            bridge_config(",".join(addresses)), link_token=link_token, reuse_port=workers.bridges > 1
+            bridge_config(cores_of(0)), link_token=link_token, reuse_port=workers.bridges > 1, spread=spread
         )
         if workers.bridges > 1 and config.http_port == 0:  # one free port for them all, held while they bind it
             reserved = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
             reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             reserved.bind((config.host, 0))
             config = dataclasses.replace(config, http_port=reserved.getsockname()[1])
-        bridge_argv = [
-            *options,
-            "bridge",
-            *workers.bridge_argv,
-            "--core",
-            config.core,
-            "--host",
-            config.host,
-            "--http-port",
-            str(config.http_port),
-            "--reuse-port",
-            "on",
-        ]
+
+        def bridge_argv(i: int) -> list[str]:
+            where = ["--core", cores_of(i), "--spread", "on" if spread else "off"]
+            port = ["--host", config.host, "--http-port", str(config.http_port), "--reuse-port", "on"]
+            return [*options, "bridge", *workers.bridge_argv, *where, *port]
+
         # The other bridges first: a process forked once this one's gRPC channels run makes gRPC complain.
-        bridge_children = [_Child(f"bridge {i}", lambda: bridge_argv, env) for i in range(1, workers.bridges)]
+        bridge_children = [
+            _Child(f"bridge {i}", functools.partial(bridge_argv, i), env) for i in range(1, workers.bridges)
+        ]
         for child in bridge_children:
             await child.start()
         bridge = BridgeServer(config)
@@ -246,6 +250,8 @@ async def serve(
             raise RuntimeError("a bridge exited before it listened")
         if reserved is not None:
             reserved.close()
+        if workers.cores > 1 or workers.bridges > 1:
+            logger.info("serving on %s with %d core(s) and %d bridge(s)", bridge.url, workers.cores, workers.bridges)
         gc.freeze()  # what startup left lives as long as the process: keep full collections short
         while True:
             exits: dict[asyncio.Future[Any], _Child] = {

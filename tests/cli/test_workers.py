@@ -21,10 +21,11 @@ import pytest
 from streamgate.testing.upstream import FakeUpstream, Scenario
 from tests.conftest import wait_for_line
 
-LIMIT = 5
+LIMIT = 10
 MODEL_LIMIT = 2
 PER_KEY = 3
-KEYS = {name: f"key-of-{name}-0123456789" for name in ("alice", "bob", "carol", "dave")}
+NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
+KEYS = {name: f"key-of-{name}-0123456789" for name in NAMES}
 CONFIG = """
 default: fast
 models:
@@ -209,7 +210,7 @@ async def _all_ended(http: aiohttp.ClientSession, serve: Serve) -> None:
 async def test_the_concurrency_limit_is_the_servers_across_two_core_workers(
     server: Serve, http: aiohttp.ClientSession
 ) -> None:
-    holders = [name for name in KEYS for _ in range(2)]  # 8 streams, 2 a key: only the server's limit applies
+    holders = [*NAMES, "alice", "bob", "carol"]  # 13 streams, at most 2 a key: only the server's limit applies
     admitted, refused = await _open(http, server, holders)
     try:
         assert (len(admitted), len(refused)) == (LIMIT, len(holders) - LIMIT)
@@ -250,7 +251,7 @@ async def test_streams_that_end_give_their_slots_back(
     stalled.default = Scenario(tokens=3, delay=0.05)
     try:
         for _ in range(3):  # three rounds of the whole limit, each stream read to its end
-            admitted, refused = await _open(http, server, [*KEYS, "alice"])
+            admitted, refused = await _open(http, server, list(NAMES))
             assert (len(admitted), refused) == (LIMIT, [])
             for response in admitted:
                 assert b'"is_final": true' in await response.read()
@@ -265,17 +266,33 @@ def _frame(block: bytes) -> tuple[str, dict[str, Any]]:
     return fields["id"], json.loads(fields["data"])
 
 
+async def _on_both_cores(
+    http: aiohttp.ClientSession,
+    serve: Serve,
+    holders: list[str],
+    firsts: dict[aiohttp.ClientResponse, bytes],
+    **params: str,
+) -> tuple[list[str], list[aiohttp.ClientResponse]]:
+    """Streams opened one at a time (a new connection each: the kernel picks its bridge, and each bridge
+    takes its streams to its own core) until both cores run some: (their holders, their responses)."""
+    opened: list[aiohttp.ClientResponse] = []
+    for holder in holders:
+        admitted, refused = await _open(http, serve, [holder], firsts=firsts, **params)
+        assert refused == []
+        opened += admitted
+        if len(opened) >= 2 and all(a > 0 for a in await _active(http, serve)):
+            return holders[: len(opened)], opened
+    raise AssertionError(f"every stream went to one core: {await _active(http, serve)}")
+
+
 async def test_resume_with_last_event_id_finds_the_core_that_runs_the_stream(
     server: Serve, http: aiohttp.ClientSession, stalled: FakeUpstream
 ) -> None:
-    stalled.default = Scenario(tokens=30, delay=0.02)
+    stalled.default = Scenario(tokens=40, delay=0.02)
     try:
-        holders = ["alice", "bob", "carol", "dave"]
         async with asyncio.timeout(20):
             blocks: dict[aiohttp.ClientResponse, bytes] = {}
-            admitted, refused = await _open(http, server, holders, firsts=blocks, resumable="1")
-            assert refused == [] and len(admitted) == 4
-            assert all(a > 0 for a in await _active(http, server)), "the streams are spread over both cores"
+            holders, admitted = await _on_both_cores(http, server, list(NAMES), blocks, resumable="1")
             firsts = []
             for response in admitted:  # drop each connection after its first chunk
                 firsts.append(_frame(blocks[response]))
@@ -299,25 +316,24 @@ async def test_a_killed_core_workers_slots_come_back_and_it_is_started_again(
     server: Serve, http: aiohttp.ClientSession
 ) -> None:
     """Last of the module's tests on `server`: the restarted core has another metrics port."""
-    admitted, refused = await _open(http, server, ["alice", "bob", "carol", "dave"])
-    assert refused == []
+    _, admitted = await _on_both_cores(http, server, list(NAMES), {})
     active = await _active(http, server)
-    assert all(a > 0 for a in active), f"the streams are spread over both cores: {active}"
     victim = 0 if active[0] >= active[1] else 1
-    on_victim = int(active[victim])
+    survivors = len(admitted) - int(active[victim])
     os.kill(_pid_listening_on(server.metrics[victim]), signal.SIGKILL)
     await _until(lambda: _logged(server, "exited with status -9"))
     # Its streams ended with it: their slots are the server's again at once (while it starts again).
-    more, refused = await _open(http, server, ["alice", "bob", "carol", "dave", "dave"][: on_victim + 1])
-    assert (len(more), refused) == (on_victim + 1, [])
-    extra, refused = await _open(http, server, ["bob"])
+    room = LIMIT - survivors
+    more, refused = await _open(http, server, list(reversed(NAMES))[:room])  # at most 2 a key, with the first ones
+    assert (len(more), refused) == (room, [])
+    extra, refused = await _open(http, server, ["judy"])
     assert (extra, len(refused)) == ([], 1)  # and the limit still holds, exactly
     _close(admitted + more)
     await _until(lambda: _logged(server, "starting the core"))
     found = await wait_for_line_in(server, r"core listening on \S+ \(.*metrics on (\d+)", after="starting the core")
     server.metrics[victim] = int(found)
     await _all_ended(http, server)
-    admitted, refused = await _open(http, server, ["alice", "bob", "carol", "dave", "dave"])
+    admitted, refused = await _open(http, server, list(NAMES))
     _close(admitted)
     assert (len(admitted), refused) == (LIMIT, [])
     await _all_ended(http, server)

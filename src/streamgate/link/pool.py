@@ -2,7 +2,12 @@
 
 New streams go to the cores in turn (round robin: the cores are alike and so, on average, are their
 streams; the limits are the server's, counted over every core, so where a stream runs never changes
-whether it is admitted). A core that cannot be reached, or is draining, refuses with UNAVAILABLE: the
+whether it is admitted); or, with `spread=False`, all to the first core while it takes them: what
+`streamgate serve --workers N` gives each of its N bridges (bridge i's first core is core i, and the
+kernel spreads the connections over the bridges), so that each link carries a whole bridge's streams
+and batches them as one core's link does, instead of N times fewer on N times more links.
+
+A core that cannot be reached, or is draining, refuses with UNAVAILABLE: the
 stream is opened on the next one, and the core that refused goes to the back of the line for a
 second. Every other refusal (a limit, a bad request) is the server's answer, not the core's, and is
 raised as it is.
@@ -39,13 +44,20 @@ class CorePool:
     """Several cores behind the interface of one `CoreClient`."""
 
     def __init__(
-        self, addresses: Sequence[str], *, coalesce: bool = True, link_token: str | None = None, trace: bool = False
+        self,
+        addresses: Sequence[str],
+        *,
+        coalesce: bool = True,
+        link_token: str | None = None,
+        trace: bool = False,
+        spread: bool = True,
     ) -> None:
         if not addresses:
             raise ValueError("a pool needs at least one core")
         self.address = ",".join(addresses)
         self.clients = [CoreClient(a, coalesce=coalesce, link_token=link_token, trace=trace) for a in addresses]
         self._next = 0
+        self._spread = spread
         self._down_until = [0.0] * len(self.clients)
         self._where: OrderedDict[str, int] = OrderedDict()
 
@@ -54,7 +66,8 @@ class CorePool:
         n = len(self.clients)
         if first is None:
             first = self._next
-            self._next = (first + 1) % n
+            if self._spread:
+                self._next = (first + 1) % n
         order = [(first + i) % n for i in range(n)]
         now = time.monotonic()
         return sorted(order, key=lambda i: self._down_until[i] > now)  # stable: the turn order stays
