@@ -535,6 +535,21 @@ def _workers_plan(args: argparse.Namespace, config: Any, server: Any) -> Any:
     )
 
 
+def _end_with_serve() -> None:
+    """A child of `streamgate serve` (started with --ready-fd): SIGTERM (a drain) when serve's process ends,
+    however it ends, so that a serve killed with SIGKILL leaves no core or bridge behind (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # serve ended before the line above: nobody will send it
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 #: Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005).
 GIL_SWITCH_INTERVAL = 0.0005
 
@@ -566,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streamgate.contract import StreamError
 
     try:
+        if args.command in ("core", "bridge") and args.ready_fd is not None:
+            _end_with_serve()
         if args.command == "core":
             from streamgate.rpc.server import run_core
 

@@ -12,7 +12,8 @@ and to this process's bridge in its config.
 Workers (`Workers`): each core child listens on its own loopback port (`--grpc-port` + i, or any free
 port) and serves its metrics on `--metrics-port` + i; every bridge links to every core and spreads
 its streams over them (`streamgate.link.pool`). The limits are the whole server's: the core children
-count their streams in one table (`streamgate.core.slots`, a file this process makes and removes).
+count their streams in one table (`streamgate.core.slots`: a file this process makes in /dev/shm and
+unlinks at once; the cores inherit it open).
 A worker that exits while the server runs is started again on the same port (its row of the table
 cleared first); with one core, as before workers, a core that exits ends the server.
 """
@@ -86,10 +87,13 @@ async def _ready_line(read_end: int) -> dict[str, Any]:
 class _Child:
     """A `streamgate core` or `streamgate bridge` child, started with `--ready-fd`."""
 
-    def __init__(self, name: str, argv: Callable[[], list[str]], env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, argv: Callable[[], list[str]], env: dict[str, str], pass_fds: tuple[int, ...] = ()
+    ) -> None:
         self.name = name
         self._argv = argv
         self._env = env
+        self._pass_fds = pass_fds
         self.process: asyncio.subprocess.Process | None = None
         self.ready: asyncio.Future[dict[str, Any]] | None = None
         self.started = 0.0
@@ -105,7 +109,7 @@ class _Child:
                 *self._argv(),
                 "--ready-fd",
                 str(write_end),
-                pass_fds=(write_end,),
+                pass_fds=(write_end, *self._pass_fds),
                 env=self._env,
             )
         except BaseException:
@@ -164,15 +168,18 @@ async def serve(
     link_token = secrets.token_urlsafe(32)
     env = {**os.environ, TOKEN_ENV: link_token}
     table = None
-    slots_path: str | None = None
+    slots: tuple[int, ...] = ()  # the table's file, open here and in each core; its name is gone at once
     if workers.cores > 1:
         from streamgate.core.slots import SlotTable, create_table
 
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        fd, slots_path = tempfile.mkstemp(prefix="streamgate-slots-", dir=shm)
-        os.close(fd)
-        create_table(slots_path, workers.cores, list(workers.slot_columns), list(workers.slot_budgets))
-        table = SlotTable(slots_path)
+        fd, path = tempfile.mkstemp(prefix="streamgate-slots-", dir=shm)
+        try:
+            create_table(path, workers.cores, list(workers.slot_columns), list(workers.slot_budgets))
+            table = SlotTable(path)
+        finally:
+            os.unlink(path)  # nothing is left behind, however this process ends
+        slots = (fd,)
     ports: list[int | None] = [None] * workers.cores
 
     def core_argv_of(i: int) -> Callable[[], list[str]]:
@@ -187,12 +194,14 @@ async def serve(
                 "--metrics-port",
                 "off" if metrics is None else str(metrics + i if metrics else 0),
             ]
-            assert slots_path is not None
-            return [*options, "core", *core_argv, *extra, "--slots-file", slots_path, "--worker", str(i)]
+            table_file = f"/dev/fd/{slots[0]}"  # the child reopens the file it inherits
+            return [*options, "core", *core_argv, *extra, "--slots-file", table_file, "--worker", str(i)]
 
         return argv
 
-    cores = [_Child(f"core {i}" if workers.cores > 1 else "core", core_argv_of(i), env) for i in range(workers.cores)]
+    cores = [
+        _Child(f"core {i}" if workers.cores > 1 else "core", core_argv_of(i), env, slots) for i in range(workers.cores)
+    ]
     bridge_children: list[_Child] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -295,9 +304,8 @@ async def serve(
             reserved.close()
         if table is not None:
             table.close()
-        if slots_path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(slots_path)
+        for fd in slots:
+            os.close(fd)
 
 
 async def _restart(child: _Child, stopping: asyncio.Future[Any]) -> None:

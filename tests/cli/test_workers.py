@@ -396,3 +396,34 @@ async def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         assert not any("Traceback" in line for line in serve.log), "".join(serve.log)
     finally:
         await _stop(serve)
+
+
+def _alive(pids: list[int]) -> bool:
+    return any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+async def test_a_serve_killed_with_sigkill_leaves_no_worker_behind(tmp_path: Path) -> None:
+    serve = await _start(tmp_path, None, STREAMGATE_METRICS_PORT="off")
+    children = _children(serve.process.pid)
+    assert len(children) == 3  # two cores and the second bridge
+    serve.process.kill()
+    await serve.process.wait()
+
+    async def gone() -> bool:
+        return not _alive(children)
+
+    await _until(gone, within=20.0)
+    if serve.reader is not None:
+        serve.reader.cancel()
