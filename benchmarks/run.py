@@ -274,7 +274,7 @@ async def steady(bench: Bench, env: Environment) -> None:
 
 def _systems(args: argparse.Namespace, run: Run) -> list[System]:
     chosen = [system for system in ALL if system.key in args.systems.split(",")]
-    chosen = [streamgate_with(args.workers) if system.key == STREAMGATE.key else system for system in chosen]
+    chosen = [streamgate_with(args.workers, args.link) if system.key == STREAMGATE.key else system for system in chosen]
     if LITELLM_PROXY in chosen:
         availability = ensure_litellm_proxy()
         if not availability.ok:
@@ -335,6 +335,13 @@ def main() -> int:
         default=1,
         help="streamgate as `streamgate serve --workers N` (N core and N bridge processes; default 1: one of each)",
     )
+    parser.add_argument(
+        "--link",
+        choices=("socket", "grpc"),
+        default="socket",
+        help="how streamgate's bridge reaches its core: socket (a Unix socket, as serve does; default) or grpc"
+        " (the Relay call, as between machines); a run with grpc is printed, not saved",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
     args = parser.parse_args()
     phases = args.phases.split(",")
@@ -350,7 +357,9 @@ def main() -> int:
         settings = dataclasses.replace(settings, steady_steps=tuple(int(n) for n in args.steady_steps.split(",")))
     if args.workers > 1:
         mode += f", streamgate --workers {args.workers}"
-    if args.paced_steps or args.steady_steps or phases != list(PHASES) or args.workers > 1:
+    if args.link != "socket":
+        mode += f", streamgate's link over {args.link}"
+    if args.paced_steps or args.steady_steps or phases != list(PHASES) or args.workers > 1 or args.link != "socket":
         args.no_save = True  # a partial run is not the suite's result
         mode += " (partial)"
     run = Run(settings, mode, {})

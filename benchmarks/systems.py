@@ -179,7 +179,9 @@ class Role:
             await self.serve.stop(grace=15.0)
 
 
-async def _deploy_workers(pace: Pace, upstream: Upstream, workers: int, bridges: int, launch: Launch) -> Deployment:
+async def _deploy_workers(
+    pace: Pace, upstream: Upstream, workers: int, bridges: int, launch: Launch, link: str = "socket"
+) -> Deployment:
     """`streamgate serve --core-workers N --bridge-workers M`: N core processes, M bridges sharing one HTTP port."""
     argv = launch(
         "serve",
@@ -187,7 +189,7 @@ async def _deploy_workers(pace: Pace, upstream: Upstream, workers: int, bridges:
             "--log-level",
             "INFO",
             "serve",
-            *("--core-workers", str(workers), "--bridge-workers", str(bridges)),
+            *("--core-workers", str(workers), "--bridge-workers", str(bridges), "--link", link),
             *("--model", "openai/fake", "--api-base", upstream.api_base, "--upstream-api-key", "x"),
             *("--metrics-port", "off", "--max-concurrent-streams", "100000", "--grpc-port", "0", "--http-port", "0"),
         ],
@@ -200,12 +202,20 @@ async def _deploy_workers(pace: Pace, upstream: Upstream, workers: int, bridges:
 
 
 async def deploy_streamgate(
-    pace: Pace, upstream: Upstream, workdir: Path, launch: Launch = plain, workers: int = 1, bridges: int = 0
+    pace: Pace,
+    upstream: Upstream,
+    workdir: Path,
+    launch: Launch = plain,
+    workers: int = 1,
+    bridges: int = 0,
+    link: str = "socket",
 ) -> Deployment:
-    """Core and bridge as two processes, linked by a token made for this deployment (as `streamgate serve` does);
-    `workers` > 1 (or `bridges` > 1): `streamgate serve` with that many core processes and bridges (default as many)."""
+    """Core and bridge as two processes, linked by a token made for this deployment (as `streamgate serve` does)
+    over a Unix socket (`link="grpc"`: the gRPC `Relay` call); `workers` > 1 (or `bridges` > 1): `streamgate
+    serve` with that many core processes and bridges (default as many)."""
     if workers > 1 or bridges > 1:
-        return await _deploy_workers(pace, upstream, workers, bridges or workers, launch)
+        return await _deploy_workers(pace, upstream, workers, bridges or workers, launch, link)
+    socket = ["--link-listen", f"unix:{workdir}/streamgate-link.sock"] if link == "socket" else []
     options = ["--log-level", "INFO"]
     env: dict[str, str | None] = {LINK_TOKEN_ENV: secrets.token_urlsafe(32)}
     core_argv = launch(
@@ -215,11 +225,14 @@ async def deploy_streamgate(
             "core",
             *("--model", "openai/fake", "--api-base", upstream.api_base, "--upstream-api-key", "x"),
             *("--metrics-port", "off", "--max-concurrent-streams", "10000", "--grpc-port", "0"),
+            *socket,
         ],
     )
     servers: dict[str, Server] = {}
     servers["core"] = await _started(servers, procs.start("core", core_argv, r"core listening on (\S+)", env=env))
-    bridge_argv = launch("bridge", [*options, "bridge", "--core", servers["core"].address, "--http-port", "0"])
+    core_link = ["--core-link", socket[1]] if socket else []
+    core = ["--core", servers["core"].address, *core_link]
+    bridge_argv = launch("bridge", [*options, "bridge", *core, "--http-port", "0"])
     bridge = procs.start("bridge", bridge_argv, r"bridge listening on (\S+)", env=env)
     servers["bridge"] = await _started(servers, bridge)
     body = {"query": "go", "model": "openai/fake"}
@@ -286,8 +299,9 @@ LITELLM_PROXY = System("litellm-proxy", "LiteLLM proxy", deploy_litellm_proxy, T
 ALL = (STREAMGATE, RAW_GRPC, RAW_SSE, LITELLM_PROXY)
 
 
-def streamgate_with(workers: int) -> System:
-    """The streamgate system with `workers` core and bridge processes (1: the plain two processes)."""
-    if workers == 1:
+def streamgate_with(workers: int, link: str = "socket") -> System:
+    """The streamgate system with `workers` core and bridge processes (1: the plain two processes), its
+    bridge linked to its core over `link` (socket or grpc)."""
+    if workers == 1 and link == "socket":
         return STREAMGATE
-    return replace(STREAMGATE, deploy=functools.partial(deploy_streamgate, workers=workers))
+    return replace(STREAMGATE, deploy=functools.partial(deploy_streamgate, workers=workers, link=link))

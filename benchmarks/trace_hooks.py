@@ -316,7 +316,10 @@ def _bridge() -> None:
 
     from grpc.aio import _call
 
-    _wrap(_call._StreamResponseMixin, "read", read)
+    from streamgate.link import _stream
+
+    _wrap(_call._StreamResponseMixin, "read", read)  # the link over gRPC
+    _wrap(_stream.StreamCall, "read", read)  # the link over a plain socket
     _wrap(client.CoreClient, "open", open_)
     _wrap(client._Link, "_send", send)
     _wrap(client.CoreStream, "_admit", admit)

@@ -156,12 +156,23 @@ def create_app(config: BridgeConfig) -> web.Application:
 
     async def core_client(app: web.Application) -> AsyncIterator[None]:
         trace = tracer is not None
-        cores = config.cores
+        cores, links = config.cores, config.core_links
         client: CoreClient | CorePool = (
-            CoreClient(cores[0], coalesce=config.coalesce, link_token=config.link_token, trace=trace)
+            CoreClient(
+                cores[0],
+                coalesce=config.coalesce,
+                link_token=config.link_token,
+                trace=trace,
+                link=links[0] if links else None,
+            )
             if len(cores) == 1
             else CorePool(
-                cores, coalesce=config.coalesce, link_token=config.link_token, trace=trace, spread=config.spread
+                cores,
+                coalesce=config.coalesce,
+                link_token=config.link_token,
+                trace=trace,
+                spread=config.spread,
+                links=links,
             )
         )
         app[STATE] = BridgeState(config, client, tracer=tracer)

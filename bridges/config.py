@@ -22,6 +22,9 @@ class BridgeConfig:
     #: With several cores: new streams go to each in turn; False: to the first, the next ones only when
     #: it refuses (unreachable, draining).
     spread: bool = True
+    #: Where the cores serve the link over a plain socket (their `--link-listen`; one per core, comma-separated,
+    #: in the order of `core`): streams go there instead of over gRPC. None: the gRPC `Relay` call.
+    core_link: str | None = None
     #: Seconds of silence after which an SSE stream gets a `: ping` comment line.
     keepalive_interval: float = 15.0
     #: Largest request body (and WebSocket message) accepted, in bytes.
@@ -52,6 +55,9 @@ class BridgeConfig:
             host, sep, port = core.rpartition(":")
             if not (sep and host and port.isdigit()):
                 raise ValueError(f"core must be HOST:PORT (or several, comma-separated), got {self.core!r}")
+        links = self.core_links
+        if links is not None and len(links) != len(self.cores):
+            raise ValueError(f"core_link names {len(links)} link(s) for {len(self.cores)} core(s): one per core")
         if not 0 <= self.http_port <= 65535:
             raise ValueError(f"http_port must be 0-65535, got {self.http_port}")
         if not (self.keepalive_interval > 0 and math.isfinite(self.keepalive_interval)):
@@ -66,6 +72,13 @@ class BridgeConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+
+    @property
+    def core_links(self) -> tuple[str, ...] | None:
+        """The cores' link sockets (`core_link`, split at its commas), in the order of `cores`."""
+        if self.core_link is None:
+            return None
+        return tuple(part.strip() for part in self.core_link.split(",") if part.strip())
 
     @property
     def cores(self) -> tuple[str, ...]:

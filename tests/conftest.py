@@ -158,18 +158,30 @@ BridgeFactory = Callable[..., Awaitable[BridgeServer]]
 async def make_bridge(make_core: CoreFactory) -> AsyncIterator[BridgeFactory]:
     """Start a core (with `core_*` keyword arguments for `LiteLLMConfig`) and a bridge in front of it.
 
-    Other keyword arguments override `BridgeConfig` fields; `core=` names another core address.
+    Other keyword arguments override `BridgeConfig` fields; `core=` names another core address. The bridge
+    reaches the core it starts as `streamgate serve`'s does, over a Unix socket; `link="grpc"`: over the
+    gRPC `Relay` call.
     """
+    import itertools
+    import shutil
+    import tempfile
+
     from streamgate.bridges.app import BridgeServer
     from streamgate.bridges.config import BridgeConfig
 
     bridges: list[BridgeServer] = []
+    sockets = tempfile.mkdtemp(prefix="sg-link-")  # short: a Unix socket's path has at most 107 bytes
+    numbers = itertools.count()
 
     async def start(**overrides: Any) -> BridgeServer:
         core_fields = {k.removeprefix("core_"): overrides.pop(k) for k in list(overrides) if k.startswith("core_")}
+        link = overrides.pop("link", "socket")
         if "core" not in overrides:
+            if link == "socket":
+                core_fields.setdefault("link_listen", f"unix:{sockets}/core-{next(numbers)}.sock")
             core = await make_core(**core_fields)
             overrides["core"] = core.address
+            overrides.setdefault("core_link", core.link_address)
         overrides.setdefault("coalesce", False)  # as the core's: one frame a token
         overrides.setdefault("link_token", LINK_TOKEN)
         server = BridgeServer(BridgeConfig(http_port=0, **overrides))
@@ -180,6 +192,7 @@ async def make_bridge(make_core: CoreFactory) -> AsyncIterator[BridgeFactory]:
     yield start
     for server in bridges:
         await server.stop(grace=0)
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
 @pytest.fixture

@@ -44,6 +44,12 @@ def _on_off(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
 
 
+def _link_kind(text: str) -> str:
+    if text not in ("socket", "grpc"):
+        raise argparse.ArgumentTypeError(f"link must be socket or grpc, got {text[:20]!r}")
+    return text
+
+
 def _workers(text: str | int) -> int:
     """A number of worker processes, or `auto`: one per CPU."""
     if isinstance(text, int):
@@ -228,6 +234,14 @@ def _bridge_flags(parser: argparse.ArgumentParser, with_core: bool) -> None:
             "127.0.0.1:50051",
             "the core's gRPC address, HOST:PORT; or several cores', comma-separated (streams are spread over them)",
         )
+        _add(
+            group,
+            "--core-link",
+            str,
+            None,
+            "the core's --link-listen address (unix:PATH or HOST:PORT; one per --core, comma-separated): streams"
+            " go over it instead of gRPC; health, models and usage stay on gRPC",
+        )
         _add(group, "--host", str, "127.0.0.1", "address to listen on")
         _add(
             group,
@@ -329,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the table of limits the core workers of one server share (serve --workers makes it and sets this)",
     )
     core.add_argument("--worker", type=int, default=0, help="this core's row in --slots-file (set by serve)")
+    _add(
+        core,
+        "--link-listen",
+        str,
+        None,
+        "also serve the bridges' link over a plain socket, without gRPC (less CPU a message): unix:PATH"
+        " (this user only) or HOST:PORT; bridges name it with --core-link (serve sets both itself)",
+    )
     _link_flag(core)
     bridge = commands.add_parser(
         "bridge",
@@ -364,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(workers, "--core-workers", _workers, None, "core processes, if not --workers")
     _add(workers, "--bridge-workers", _workers, None, "bridge processes, if not --workers")
+    _add(
+        serve,
+        "--link",
+        _link_kind,
+        "socket",
+        "how the bridges reach the cores: socket (a Unix socket only this user can open) or grpc (the Relay call)",
+    )
     return parser
 
 
@@ -420,6 +449,7 @@ def _core_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         redis_url=args.redis_url,
         redis_fail=args.redis_fail,
         slots_file=getattr(args, "slots_file", None),  # serve --workers sets them for its core children
+        link_listen=getattr(args, "link_listen", None),  # serve sets it for its core children
         worker=getattr(args, "worker", 0),
     )
     return config, server
@@ -442,6 +472,7 @@ def _bridge_config(args: argparse.Namespace, core: str) -> Any:
         link_token=getattr(args, "link_token", None),  # serve makes its own
         reuse_port=getattr(args, "reuse_port", False),
         spread=getattr(args, "spread", True),
+        core_link=getattr(args, "core_link", None),  # serve sets its own
     )
 
 
@@ -601,8 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traces = _telemetry.from_environment(_telemetry.BRIDGE_SERVICE)
             _run(run_bridge(dataclasses.replace(bridge, tracer_provider=traces), args.ready_fd), args.loop)
         elif args.command == "serve":
-            # The model library (litellm) takes about 10 s to import: say so before the wait.
-            logging.getLogger("streamgate.serve").info("starting: loading the model library (about 10 s)...")
+            # A line at once: a model that needs litellm takes its core about 10 s to import it.
+            logging.getLogger("streamgate.serve").info("starting the core and the bridge...")
             from streamgate.serve import serve
 
             core_config, server_config = _core_configs(args)  # validate before starting anything
@@ -619,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def bridge_config(core: str) -> Any:
                 return dataclasses.replace(_bridge_config(args, core), tracer_provider=traces)
 
+            workers = dataclasses.replace(workers, link=args.link)
             return _run(serve(options, _core_argv(args), bridge_config, workers), args.loop)
     except (ValueError, OSError) as exc:  # a bad flag value or file: say which, without a traceback
         parser.error(str(exc))

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -61,6 +62,9 @@ class Workers:
     #: The first core's ports; core i takes the port + i (0: any free port; None: no metrics).
     grpc_port: int = 0
     metrics_port: int | None = None
+    #: How the bridges reach the cores: "socket" (each core's Unix socket, `streamgate.link._stream`)
+    #: or "grpc" (the `Relay` call on its gRPC port).
+    link: str = "socket"
 
     def __post_init__(self) -> None:
         if self.cores < 1 or self.bridges < 1:
@@ -181,11 +185,14 @@ async def serve(
             os.unlink(path)  # nothing is left behind, however this process ends
         slots = (fd,)
     ports: list[int | None] = [None] * workers.cores
+    # The link's sockets: in a directory only this user can open, removed at the end.
+    sockets = tempfile.mkdtemp(prefix="streamgate-link-") if workers.link == "socket" else None
 
     def core_argv_of(i: int) -> Callable[[], list[str]]:
         def argv() -> list[str]:
+            link = ["--link-listen", f"unix:{sockets}/core-{i}.sock"] if sockets is not None else []
             if workers.cores == 1:
-                return [*options, "core", *core_argv]
+                return [*options, "core", *core_argv, *link]
             port = ports[i] if ports[i] is not None else (workers.grpc_port + i if workers.grpc_port else 0)
             metrics = workers.metrics_port
             extra = [
@@ -195,7 +202,7 @@ async def serve(
                 "off" if metrics is None else str(metrics + i if metrics else 0),
             ]
             table_file = f"/dev/fd/{slots[0]}"  # the child reopens the file it inherits
-            return [*options, "core", *core_argv, *extra, "--slots-file", table_file, "--worker", str(i)]
+            return [*options, "core", *core_argv, *extra, *link, "--slots-file", table_file, "--worker", str(i)]
 
         return argv
 
@@ -218,21 +225,29 @@ async def serve(
                 return 0
             raise RuntimeError("the core exited before it listened")
         addresses = []
+        links: list[str] = []
         for i, core in enumerate(cores):
             assert core.ready is not None
             address: str = core.ready.result()["address"]
             ports[i] = int(address.rpartition(":")[2])
             addresses.append(address)
+            if core.ready.result().get("link"):
+                links.append(core.ready.result()["link"])
         # Bridge i takes its streams to core i (i modulo the cores) while it takes them, when every core
         # is some bridge's first: each link then carries a whole bridge's streams (see link/pool.py).
         spread = workers.bridges < workers.cores
 
-        def cores_of(i: int) -> str:
-            first = 0 if spread else i % len(addresses)
-            return ",".join(addresses[first:] + addresses[:first])
+        def cores_of(i: int, of: list[str] = addresses) -> str:
+            first = 0 if spread else i % len(of)
+            return ",".join(of[first:] + of[:first])
 
+        core_links = len(links) == len(addresses)  # every core serves its socket (else gRPC for all)
         config = dataclasses.replace(
-            bridge_config(cores_of(0)), link_token=link_token, reuse_port=workers.bridges > 1, spread=spread
+            bridge_config(cores_of(0)),
+            link_token=link_token,
+            reuse_port=workers.bridges > 1,
+            spread=spread,
+            core_link=cores_of(0, links) if core_links else None,
         )
         if workers.bridges > 1 and config.http_port == 0:  # one free port for them all, held while they bind it
             reserved = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
@@ -242,6 +257,8 @@ async def serve(
 
         def bridge_argv(i: int) -> list[str]:
             where = ["--core", cores_of(i), "--spread", "on" if spread else "off"]
+            if core_links:
+                where += ["--core-link", cores_of(i, links)]
             port = ["--host", config.host, "--http-port", str(config.http_port), "--reuse-port", "on"]
             return [*options, "bridge", *workers.bridge_argv, *where, *port]
 
@@ -306,6 +323,8 @@ async def serve(
             table.close()
         for fd in slots:
             os.close(fd)
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
 
 
 async def _restart(child: _Child, stopping: asyncio.Future[Any]) -> None:

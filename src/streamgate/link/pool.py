@@ -51,11 +51,18 @@ class CorePool:
         link_token: str | None = None,
         trace: bool = False,
         spread: bool = True,
+        links: Sequence[str] | None = None,
     ) -> None:
+        """`links`: each core's link socket (`CoreClient`'s `link`), in the order of `addresses`."""
         if not addresses:
             raise ValueError("a pool needs at least one core")
+        if links is not None and len(links) != len(addresses):
+            raise ValueError(f"{len(links)} link(s) for {len(addresses)} core(s): one per core")
         self.address = ",".join(addresses)
-        self.clients = [CoreClient(a, coalesce=coalesce, link_token=link_token, trace=trace) for a in addresses]
+        self.clients = [
+            CoreClient(a, coalesce=coalesce, link_token=link_token, trace=trace, link=links[i] if links else None)
+            for i, a in enumerate(addresses)
+        ]
         self._next = 0
         self._spread = spread
         self._down_until = [0.0] * len(self.clients)
