@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from benchmarks.shapes import KIB, MIB, Cpu, Leave, Memory, PacedStep, Settings, SteadyStep, Throughput
-from benchmarks.systems import ALL, LITELLM_PROXY, STREAMGATE, System
+from benchmarks.systems import ALL, LITELLM_PROXY, LITELLM_PROXY_RUST, STREAMGATE, System
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DASH = "—"
@@ -74,7 +74,7 @@ class Run:
 @dataclass(frozen=True)
 class Cell:
     text: str
-    #: The number the ratio column compares (streamgate's over the proxy's); None: no ratio.
+    #: The number the ratio columns compare (streamgate's over each peer's); None: no ratio.
     key: float | None = None
 
 
@@ -98,10 +98,16 @@ def cores(cpu: Cpu) -> Cell:
     return Cell(f"{server} / {num(cpu.cores(cpu.client))} / {num(cpu.cores(cpu.upstream))}")
 
 
-class Table:
-    """A row per figure, a column per system, and streamgate's figure over the proxy's.
+#: The ratio columns: their titles and the peer whose figure is each one's denominator.
+RATIOS = (("streamgate / proxy", LITELLM_PROXY), ("streamgate / proxy (Rust)", LITELLM_PROXY_RUST))
 
-    A cell is `—` where a shape does not apply to a system, and `n/a` where the system could not run.
+
+class Table:
+    """A row per figure, a column per system, and streamgate's figure over each peer's (the proxy, plain and
+    with LITELLM_RUST=true).
+
+    A cell is `—` where a shape does not apply to a system (or the system does not run in it), and `n/a`
+    where the system could not run.
     """
 
     def __init__(self, run: Run) -> None:
@@ -123,8 +129,8 @@ class Table:
         return "n/a" if system.key in self.run.unavailable else DASH
 
     @staticmethod
-    def ratio(cells: dict[str, Cell]) -> str:
-        ours, theirs = cells.get(STREAMGATE.key), cells.get(LITELLM_PROXY.key)
+    def ratio(cells: dict[str, Cell], peer: System = LITELLM_PROXY) -> str:
+        ours, theirs = cells.get(STREAMGATE.key), cells.get(peer.key)
         if ours is None or theirs is None or ours.key is None or theirs.key is None:
             return DASH
         if theirs.key == 0 or not (math.isfinite(ours.key) and math.isfinite(theirs.key)):
@@ -133,11 +139,12 @@ class Table:
         return f"{ratio:.2f}" if abs(ratio) >= 0.1 else f"{ratio:.2g}"
 
     def markdown(self) -> str:
-        header = ["shape / figure", *(system.title for system in ALL), "streamgate / proxy"]
+        header = ["shape / figure", *(system.title for system in ALL), *(title for title, _ in RATIOS)]
         lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
         for label, cells in self.rows:
             texts = [self._text(system, cells) for system in ALL]
-            lines.append("| " + " | ".join([label, *texts, self.ratio(cells)]) + " |")
+            ratios = [self.ratio(cells, peer) for _, peer in RATIOS]
+            lines.append("| " + " | ".join([label, *texts, *ratios]) + " |")
         return "\n".join(lines)
 
 
@@ -442,28 +449,47 @@ def targets(run: Run) -> list[str]:
     ]
 
 
+def _steady_tenfold(held: int, peer: SystemResults | None, name: str, s: Settings) -> tuple[str, bool | None] | None:
+    """Whether streamgate's steady capacity is ≥ 10× one peer's (which lies between what the peer held and where
+    it failed), said for the targets line; None: the peer was not measured."""
+    if peer is None or not peer.steady:
+        return None
+    p_held, p_failed = peer.steady_held(s)
+    ceiling = math.inf if p_failed is None else p_failed
+    tenfold = True if held >= 10 * ceiling else False if held < 10 * p_held else None
+    said = f"{name} held {p_held}" + ("" if p_failed is None else f" (not {p_failed})")
+    return f"{said}: 10× {_verdict(tenfold)}", tenfold
+
+
+def _weakest(verdicts: list[bool | None]) -> bool | None:
+    """The weaker of several verdicts: not met before not evaluable before met; none at all: not evaluable."""
+    if False in verdicts:
+        return False
+    return True if verdicts and None not in verdicts else None
+
+
 def _steady_targets(run: Run) -> list[str]:
     """Issue 17's targets on the steady shape, each with its figures and met / not met."""
     s = run.settings
     ours = run.results.get(STREAMGATE.key, SystemResults())
-    proxy = run.results.get(LITELLM_PROXY.key)
     lines = []
+    name = "- steady streams held ≥ 400 and ≥ 10× each peer (the proxy, and the proxy with LITELLM_RUST=true)"
     if not ours.steady:
-        lines.append("- steady streams held ≥ 400 and ≥ 10× the proxy: not measured → not evaluable")
+        lines.append(f"{name}: not measured → not evaluable")
     else:
         held, failed = ours.steady_held(s)
         bound = " (every step held: a lower bound)" if failed is None else f" (not {failed})"
-        if proxy is None or not proxy.steady:
-            versus, tenfold = "the proxy not measured", None
-        else:
-            p_held, p_failed = proxy.steady_held(s)
-            ceiling = math.inf if p_failed is None else p_failed
-            tenfold = True if held >= 10 * ceiling else False if held < 10 * p_held else None
-            versus = f"the proxy held {p_held}" + ("" if p_failed is None else f" (not {p_failed})")
-        ok = False if held < 400 else tenfold
-        lines.append(
-            f"- steady streams held ≥ 400 and ≥ 10× the proxy: streamgate held {held}{bound}; {versus} → {_verdict(ok)}"
-        )
+        said, verdicts = [], []
+        for peer, title in ((LITELLM_PROXY, "the proxy"), (LITELLM_PROXY_RUST, "the proxy with LITELLM_RUST=true")):
+            found = _steady_tenfold(held, run.results.get(peer.key), title, s)
+            if found is None:
+                said.append(f"{title} not measured")
+            else:
+                said.append(found[0])
+                verdicts.append(found[1])
+        # The weaker verdict over the peers measured decides (none measured: not evaluable).
+        ok = False if held < 400 else _weakest(verdicts)
+        lines.append(f"{name}: streamgate held {held}{bound}; {'; '.join(said)} → {_verdict(ok)}")
     step = ours.steady_step(200)
     if step is None:
         lines.append("- steady ×200: added TTFT p99 < 25 ms: not measured → not evaluable")

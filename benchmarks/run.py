@@ -40,7 +40,7 @@ from benchmarks.report import Run, SystemResults
 from benchmarks.shapes import Settings, log
 from benchmarks.systems import (
     ALL,
-    LITELLM_PROXY,
+    PEERS,
     STREAMGATE,
     Deployment,
     Pace,
@@ -93,7 +93,8 @@ class Environment:
 
     The gateways keep the upstream's URL: for each pace the upstream is restarted on the same port,
     and the raw servers (which pace their own tokens) are started anew; `fresh` starts every system
-    anew. A system that fails to start is recorded and left out.
+    anew. Only the systems that run in the phase are deployed (the others are stopped). A system that
+    fails to start is recorded and left out.
     """
 
     def __init__(self, bench: Bench) -> None:
@@ -103,15 +104,22 @@ class Environment:
         self.deployments: dict[str, Deployment] = {}
         self.failed: set[str] = set()
 
-    async def use(self, pace: Pace, fresh: bool = False) -> tuple[Upstream, dict[str, Deployment]]:
+    async def use(self, phase: str, pace: Pace, fresh: bool = False) -> tuple[Upstream, dict[str, Deployment]]:
         bench = self.bench
-        bench.say(f"upstream and {'fresh ' if fresh else ''}systems for {pace}")
+        bench.say(f"upstream and {'fresh ' if fresh else ''}systems for {phase}: {pace}")
         if self.upstream is not None:
             await self.upstream.server.stop()
         self.upstream = await start_upstream(pace, bench.session, self.port)
-        stale = [key for key, deployment in self.deployments.items() if fresh or not deployment.uses_upstream]
+        inside = {s.key for s in bench.systems if s.runs_in(phase)}
+        stale = [
+            key
+            for key, deployment in self.deployments.items()
+            if fresh or not deployment.uses_upstream or key not in inside
+        ]
         await asyncio.gather(*(self.deployments.pop(key).stop() for key in stale))
-        wanted = [s for s in bench.systems if s.key not in self.deployments and s.key not in self.failed]
+        wanted = [
+            s for s in bench.systems if s.key in inside and s.key not in self.deployments and s.key not in self.failed
+        ]
         outcomes = await asyncio.gather(
             *(system.deploy(pace, self.upstream, bench.workdir) for system in wanted), return_exceptions=True
         )
@@ -135,7 +143,9 @@ async def idle(bench: Bench, env: Environment) -> None:
     """Memory per open stream, on fresh processes (a heap grown by earlier shapes would hide it); last,
     since a system may keep upstream requests open after its clients left."""
     s = bench.settings
-    upstream, deployments = await env.use(Pace(tokens=10, first_token_delay=s.idle_first_token_delay), fresh=True)
+    upstream, deployments = await env.use(
+        "idle", Pace(tokens=10, first_token_delay=s.idle_first_token_delay), fresh=True
+    )
     for key, deployment in deployments.items():
         memory = await bench.guarded(key, "idle streams", shapes.idle_memory(deployment, upstream, bench.pool, s))
         bench.results(key).memory = memory
@@ -145,7 +155,7 @@ async def idle(bench: Bench, env: Environment) -> None:
 
 async def unpaced(bench: Bench, env: Environment) -> None:
     s = bench.settings
-    upstream, deployments = await env.use(Pace(tokens=max(s.single_tokens, s.concurrent_tokens)))
+    upstream, deployments = await env.use("unpaced", Pace(tokens=max(s.single_tokens, s.concurrent_tokens)))
     for key, deployment in deployments.items():
         results = bench.results(key)
         results.single = await bench.guarded(
@@ -194,7 +204,7 @@ async def _baseline(bench: Bench, upstream: Upstream, streams: int) -> None:
 async def paced(bench: Bench, env: Environment) -> None:
     """Clients that leave mid-stream, then paced streams at rising concurrency until a system fails a step."""
     s = bench.settings
-    upstream, deployments = await env.use(Pace(tokens=s.paced_tokens, delay=s.pace_s))
+    upstream, deployments = await env.use("paced", Pace(tokens=s.paced_tokens, delay=s.pace_s))
     for key, deployment in deployments.items():
         if deployment.uses_upstream:
             leave = await bench.guarded(key, "clients leave", shapes.clients_leave(deployment, upstream, bench.pool, s))
@@ -248,11 +258,12 @@ async def _steady_step(bench: Bench, key: str, deployment: Deployment, upstream:
 
 async def steady(bench: Bench, env: Environment) -> None:
     """Streams that keep opening and closing (issue 17): at each step, the upstream read directly,
-    then every system; the LiteLLM proxy at its own, lower steps. On fresh processes, whose resident
-    memory is read first, idle."""
+    then every system; the peers (the LiteLLM proxy, plain and with LITELLM_RUST=true) at their own,
+    lower steps, one after the other at each. On fresh processes, whose resident memory is read first, idle."""
     s = bench.settings
     pace = Pace(tokens=s.steady_lengths[1], delay=s.pace_s, first_token_delay=s.steady_first_token_delay)
-    upstream, deployments = await env.use(pace, fresh=True)
+    upstream, deployments = await env.use("steady", pace, fresh=True)
+    peers = {system.key for system in PEERS}
     await asyncio.sleep(STARTED_SETTLE_S)
     for key, deployment in deployments.items():
         bench.results(key).started_rss = deployment.rss()
@@ -265,21 +276,23 @@ async def steady(bench: Bench, env: Environment) -> None:
             bench.run.steady_baseline[streams] = baseline
             bench.say(f"upstream alone steady ×{streams}: {shapes.describe_steady(baseline)}")
         for key, deployment in deployments.items():
-            if key != LITELLM_PROXY.key:
+            if key not in peers:
                 await _steady_step(bench, key, deployment, upstream, streams)
-    if proxy := deployments.get(LITELLM_PROXY.key):
-        for streams in s.steady_peer_steps:
-            await _steady_step(bench, LITELLM_PROXY.key, proxy, upstream, streams)
+    for streams in s.steady_peer_steps:
+        for key, deployment in deployments.items():
+            if key in peers:
+                await _steady_step(bench, key, deployment, upstream, streams)
 
 
 def _systems(args: argparse.Namespace, run: Run) -> list[System]:
     chosen = [system for system in ALL if system.key in args.systems.split(",")]
     chosen = [streamgate_with(args.workers, args.link) if system.key == STREAMGATE.key else system for system in chosen]
-    if LITELLM_PROXY in chosen:
+    if peers := [system for system in chosen if system in PEERS]:
         availability = ensure_litellm_proxy()
         if not availability.ok:
-            run.unavailable[LITELLM_PROXY.key] = availability.reason
-            chosen.remove(LITELLM_PROXY)
+            for peer in peers:
+                run.unavailable[peer.key] = availability.reason
+                chosen.remove(peer)
     for system in ALL:
         if system not in chosen and system.key not in run.unavailable:
             run.unavailable[system.key] = "not selected (--systems)"

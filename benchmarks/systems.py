@@ -5,7 +5,9 @@
 - `raw-grpc`, `raw-sse`: servers that make the tokens themselves (benchmarks/raw_servers.py), the
   floor of each transport;
 - `litellm-proxy`: LiteLLM's own proxy (`litellm --config`), the gateway users would pick instead,
-  read through its OpenAI-compatible `POST /v1/chat/completions` with `stream: true`.
+  read through its OpenAI-compatible `POST /v1/chat/completions` with `stream: true`;
+- `litellm-proxy-rust`: the same proxy with `LITELLM_RUST=true` (its packaged Rust bridge), in the steady
+  phase only (benchmarks/README.md says what the switch does and does not move to native code).
 """
 
 from __future__ import annotations
@@ -264,19 +266,25 @@ def proxy_config(api_base: str, master_key: str) -> dict[str, Any]:
     }
 
 
-async def deploy_litellm_proxy(pace: Pace, upstream: Upstream, workdir: Path) -> Deployment:
+async def deploy_litellm_proxy(
+    pace: Pace, upstream: Upstream, workdir: Path, key: str = "litellm-proxy", extra_env: dict[str, str] | None = None
+) -> Deployment:
+    """The LiteLLM proxy as system `key` (its config file named after it), `extra_env` added to its environment
+    (without it, LITELLM_RUST is unset: the plain proxy does not inherit the switch from ours)."""
     master_key = "sk-" + secrets.token_hex(24)
-    config = workdir / "litellm-proxy.yaml"
+    config = workdir / f"{key}.yaml"
     config.write_text(json.dumps(proxy_config(upstream.api_base, master_key), indent=2))  # JSON is YAML
     port = procs.free_port()
     argv = [*_command("litellm", "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--num_workers", "1"]
     env: dict[str, str | None] = {"DATABASE_URL": None, "STORE_MODEL_IN_DB": "False", "DISABLE_ADMIN_UI": "True"}
-    server = await procs.start("litellm-proxy", argv, r"Uvicorn running on (\S+)", env=env, timeout=240)
+    env["LITELLM_RUST"] = None
+    env.update(extra_env or {})
+    server = await procs.start(key, argv, r"Uvicorn running on (\S+)", env=env, timeout=240)
     target = openai_target(
         f"http://127.0.0.1:{port}/v1/chat/completions", "fake", {"Authorization": f"Bearer {master_key}"}
     )
-    return Deployment("litellm-proxy", target, {"proxy": server}, uses_upstream=True)
+    return Deployment(key, target, {"proxy": server}, uses_upstream=True)
 
 
 Deploy = Callable[[Pace, Upstream, Path], Awaitable[Deployment]]
@@ -290,13 +298,30 @@ class System:
     #: Gateways read the upstream and stay up while it is restarted with each pace; raw servers make
     #: the tokens themselves and are restarted with each pace instead.
     uses_upstream: bool
+    #: The phases (benchmarks.run.PHASES) that deploy and measure it; None: every phase.
+    phases: tuple[str, ...] | None = None
+
+    def runs_in(self, phase: str) -> bool:
+        return self.phases is None or phase in self.phases
 
 
 STREAMGATE = System("streamgate", "streamgate", deploy_streamgate, True)
 RAW_GRPC = System("raw-grpc", "raw gRPC", deploy_raw_grpc, False)
 RAW_SSE = System("raw-sse", "raw SSE", deploy_raw_sse, False)
 LITELLM_PROXY = System("litellm-proxy", "LiteLLM proxy", deploy_litellm_proxy, True)
-ALL = (STREAMGATE, RAW_GRPC, RAW_SSE, LITELLM_PROXY)
+#: The proxy with its Rust bridge switched on: slow to start, and the other shapes already show the proxy,
+#: so only in the steady shape (issue 17's), where it is the peer beside the plain proxy.
+LITELLM_PROXY_RUST = System(
+    "litellm-proxy-rust",
+    "LiteLLM proxy, LITELLM_RUST=true",
+    functools.partial(deploy_litellm_proxy, key="litellm-proxy-rust", extra_env={"LITELLM_RUST": "true"}),
+    True,
+    phases=("steady",),
+)
+ALL = (STREAMGATE, RAW_GRPC, RAW_SSE, LITELLM_PROXY, LITELLM_PROXY_RUST)
+#: The peers (the LiteLLM proxy in its variants): measured at their own, lower steady steps, and needing
+#: the proxy's dependencies (benchmarks.proxy_install).
+PEERS = (LITELLM_PROXY, LITELLM_PROXY_RUST)
 
 
 def streamgate_with(workers: int, link: str = "socket") -> System:
