@@ -491,13 +491,23 @@ class LinkServicer(link_grpc.LinkServiceServicer):
         Only for a bridge: the call must carry the core's link token, compared in constant time
         (never logged); without one configured, every Relay call is refused.
         """
-        if self._link_token is None:
-            logger.debug("relay call from %s refused: no link token configured", context.peer())
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, RELAY_OFF)
         presented = dict(context.invocation_metadata() or ()).get(TOKEN_HEADER)
-        if not (isinstance(presented, str) and hmac.compare_digest(presented.encode(), self._link_token)):
-            logger.debug("relay call from %s refused: missing or wrong link token", context.peer())
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, RELAY_WRONG_TOKEN)
+        refusal = self._refusal(presented.encode() if isinstance(presented, str) else None, context.peer())
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        await self._session(context)
+
+    def _refusal(self, presented: bytes | None, peer: str) -> str | None:
+        """Why a link that presented this token is refused (never with the token); None: it is the core's."""
+        if self._link_token is None:
+            logger.debug("link from %s refused: no link token configured", peer)
+            return RELAY_OFF
+        if presented is None or not hmac.compare_digest(presented, self._link_token):
+            logger.debug("link from %s refused: missing or wrong link token", peer)
+            return RELAY_WRONG_TOKEN
+        return None
+
+    async def _session(self, context: RelayContext | StreamContext) -> None:
         session = RelaySession(self.gateway, self.keyring, context)
         self.sessions.add(session)
         try:
@@ -513,21 +523,11 @@ class LinkServicer(link_grpc.LinkServiceServicer):
         assert task is not None
         self._connections[task] = writer
         try:
-            presented = await context.hello()
-            if self._link_token is None:
-                logger.debug("link connection refused: no link token configured")
-                await context.end(grpc.StatusCode.PERMISSION_DENIED, RELAY_OFF)
+            refusal = self._refusal(await context.hello(), context.peer())
+            if refusal is not None:
+                await context.end(grpc.StatusCode.PERMISSION_DENIED, refusal)
                 return
-            if presented is None or not hmac.compare_digest(presented, self._link_token):
-                logger.debug("link connection refused: missing or wrong link token")
-                await context.end(grpc.StatusCode.PERMISSION_DENIED, RELAY_WRONG_TOKEN)
-                return
-            session = RelaySession(self.gateway, self.keyring, context)
-            self.sessions.add(session)
-            try:
-                await session.run()
-            finally:
-                self.sessions.discard(session)
+            await self._session(context)
             await context.end(grpc.StatusCode.OK)
         except (Aborted, ConnectionError):
             pass  # the call ended with its status already sent, or the bridge left (its streams were cancelled)
