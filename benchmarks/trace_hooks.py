@@ -221,8 +221,8 @@ def _core() -> None:
             batch = await original(self, *args)
             if batch:
                 now = _now()
-                RECORDS.append(("k_msg", 0, len(batch), now))
-                for f in batch:
+                RECORDS.append(("k_msg", 0, len(batch.frames), now))
+                for f in batch.frames:
                     if f.WhichOneof("frame") == "event" and f.event.WhichOneof("event") == "chunk":
                         before = taken.get(f.stream_id, 0)
                         taken[f.stream_id] = tokens = before + words(f.event.chunk.content, first=not before)

@@ -28,6 +28,8 @@ from .preconnect import Preconnect
 from .translate import translate
 from .upstream import Delta
 
+logger = logging.getLogger("streamgate.core")
+
 #: litellm providers that speak OpenAI's chat-completions stream, streamed by the lean path.
 LEAN_PROVIDERS = frozenset({"openai", "hosted_vllm"})
 DEFAULT_OPENAI_BASE = "https://api.openai.com/v1"
@@ -297,6 +299,17 @@ class LiteLLMProvider:
                 pass
         finally:
             await upstream.aclose()
+        # The tokenizers of the configured models, read now (in a thread: 0.2-0.5 s and 40-70 MiB each):
+        # read on first need instead, the first stream that ended early would hold every stream back
+        # that long, on the event loop (measured: the first cancelled stream of a benchmark's window).
+        for model in (self.config.model, *self.config.fallback_models, *self._routes):
+            provider, name = self._split(model)
+            encoding = tokens.encoding_for(provider, name) if provider != embedded.PROVIDER else None
+            if encoding is not None:
+                try:
+                    await asyncio.to_thread(tokens.encoding, encoding)
+                except Exception:  # counted roughly instead (`count_tokens`), as when it fails then
+                    logger.warning("cannot read the tokenizer %s of model %s", encoding, model, exc_info=True)
         if "litellm" not in sys.modules:
             return
         litellm = _litellm()
