@@ -174,7 +174,7 @@ def _upstream() -> None:
 
 def _core() -> None:
     from streamgate.core import gateway, openai_stream
-    from streamgate.link import server
+    from streamgate.link import _outbox, server
 
     def stream_chat(original: Any) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
@@ -243,8 +243,8 @@ def _core() -> None:
 
     _wrap(openai_stream, "stream_chat", stream_chat)
     _wrap(server.RelaySession, "_command", command)
-    _wrap(server._Outbox, "frame", frame)
-    _wrap(server._Outbox, "take", take)
+    _wrap(_outbox.Outbox, "frame", frame)
+    _wrap(_outbox.Outbox, "take", take)
     _wrap(gateway.GatewayStream, "_finish", finish)
 
 

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from streamgate.core.auth import Keyring
+from streamgate.link import _outbox as outbox
 from streamgate.link import client as core_client
 from streamgate.link import server as relay
 from streamgate.link._wire import TOKEN_HEADER as LINK_TOKEN_HEADER
@@ -325,8 +326,8 @@ async def test_a_client_that_does_not_read_cannot_make_the_core_buffer_more(
 ) -> None:
     """Thousands of opens, most refused, and a few long answers, on a call whose client never reads."""
     bound, stream_bound = 256 * 1024, 32 * 1024
-    monkeypatch.setattr(relay, "OUTBOX_BYTES", bound)
-    monkeypatch.setattr(relay, "STREAM_BYTES", stream_bound)
+    monkeypatch.setattr(outbox, "OUTBOX_BYTES", bound)
+    monkeypatch.setattr(outbox, "STREAM_BYTES", stream_bound)
     upstream.default = Scenario(tokens=50_000, words=("x" * 999,))  # 50 MB an answer, unpaced
     # Chunk by chunk: an event is one token, so what may pass the bound (an event a stream) is small.
     core = await make_core(max_concurrent_streams=3, coalesce=False)
@@ -378,7 +379,7 @@ async def test_a_stream_over_its_bound_waits_for_the_reader_then_its_text_arrive
     make_core: CoreFactory, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, coalesce: bool, event: int
 ) -> None:
     stream_bound = 16 * 1024
-    monkeypatch.setattr(relay, "STREAM_BYTES", stream_bound)
+    monkeypatch.setattr(outbox, "STREAM_BYTES", stream_bound)
     words = tuple(f"{i:03d}" + "é" * 46 + "\n" for i in range(10))
     tokens = 30_000
     upstream.default = Scenario(tokens=tokens, words=words)  # 1.5 million characters (3 MB), unpaced
