@@ -208,6 +208,18 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+def process_env(**settings: str) -> dict[str, str]:
+    """The environment of a `streamgate` process a test starts: this one's, any free gRPC and HTTP port,
+    no metrics port, and `settings` (`STREAMGATE_*` variables and others) over them."""
+    return {
+        **os.environ,
+        "STREAMGATE_GRPC_PORT": "0",
+        "STREAMGATE_HTTP_PORT": "0",
+        "STREAMGATE_METRICS_PORT": "off",
+        **settings,
+    }
+
+
 async def wait_for_line(stream: Any, pattern: str, within: float = 60.0) -> str:
     """Read a process's log until a line matches `pattern`; return the pattern's first group."""
     import asyncio

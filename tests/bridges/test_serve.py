@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import stat
 import subprocess
@@ -13,18 +12,11 @@ from pathlib import Path
 import aiohttp
 
 from streamgate.testing.sse import read_events
-from tests.conftest import wait_for_line
-
-
-def _env(**settings: str) -> dict[str, str]:
-    """Free ports, no metrics port, and `settings` (environment variables)."""
-    return dict(
-        os.environ, STREAMGATE_GRPC_PORT="0", STREAMGATE_HTTP_PORT="0", STREAMGATE_METRICS_PORT="off", **settings
-    )
+from tests.conftest import process_env, wait_for_line
 
 
 async def test_serve_streams_the_default_model_over_http_and_drains_on_sigterm() -> None:
-    env = _env(STREAMGATE_TOKENS_PER_SECOND="20", STREAMGATE_DRAIN_GRACE="0.5")
+    env = process_env(STREAMGATE_TOKENS_PER_SECOND="20", STREAMGATE_DRAIN_GRACE="0.5")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "streamgate.cli", "serve", env=env, stderr=subprocess.PIPE
     )
@@ -70,7 +62,8 @@ def _unix_sockets_at(path: str) -> int:
 
 
 async def _serve(tmp: str, *flags: str) -> tuple[asyncio.subprocess.Process, str]:
-    env = _env(STREAMGATE_TOKENS_PER_SECOND="0", STREAMGATE_LEDGER="off", TMPDIR=tmp)  # TMPDIR: the link's folder
+    # TMPDIR: where serve makes the link's folder
+    env = process_env(STREAMGATE_TOKENS_PER_SECOND="0", STREAMGATE_LEDGER="off", TMPDIR=tmp)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "streamgate.cli", "serve", *flags, env=env, stderr=subprocess.PIPE
     )

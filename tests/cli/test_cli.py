@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from streamgate import cli
 from streamgate.core import LiteLLMConfig
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
-from tests.conftest import collect, wait_for_line
+from tests.conftest import collect, process_env, wait_for_line
 
 STREAMGATE = [sys.executable, "-m", "streamgate.cli"]
 
@@ -77,13 +76,7 @@ def test_bad_flag_values_get_a_clear_error(argv: list[str], message: str) -> Non
 
 @pytest.fixture
 async def core_process() -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    env = dict(
-        os.environ,
-        STREAMGATE_GRPC_PORT="0",
-        STREAMGATE_METRICS_PORT="off",
-        STREAMGATE_TOKENS_PER_SECOND="20",
-        STREAMGATE_DRAIN_GRACE="0.5",
-    )
+    env = process_env(STREAMGATE_TOKENS_PER_SECOND="20", STREAMGATE_DRAIN_GRACE="0.5")
     process = await asyncio.create_subprocess_exec(*STREAMGATE, "core", env=env, stderr=subprocess.PIPE)
     assert process.stderr is not None
     address = await wait_for_line(process.stderr, r"core listening on (\S+)")

@@ -9,7 +9,6 @@ core's path (at a module's top, or lazily on a stream's way) shows in its log.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -22,7 +21,7 @@ import pytest
 from streamgate.testing.upstream import FakeUpstream, Scenario
 from streamgate.v1 import streamgate_pb2 as pb
 from streamgate.v1 import streamgate_pb2_grpc as pb_grpc
-from tests.conftest import collect
+from tests.conftest import collect, process_env
 
 STREAMGATE = [sys.executable, "-m", "streamgate.cli"]
 #: `import time:  self [us] |  cumulative | imported package`, one line a module.
@@ -67,13 +66,8 @@ async def start_core(tmp_path: Path) -> AsyncIterator[StartCore]:
     processes: list[asyncio.subprocess.Process] = []
 
     async def start(*args: str) -> CoreProcess:
-        env = dict(
-            os.environ,
-            STREAMGATE_GRPC_PORT="0",
-            STREAMGATE_METRICS_PORT="off",
-            STREAMGATE_TOKENS_PER_SECOND="1000",
-            STREAMGATE_DRAIN_GRACE="0.5",
-            PYTHONPROFILEIMPORTTIME="1",
+        env = process_env(
+            STREAMGATE_TOKENS_PER_SECOND="1000", STREAMGATE_DRAIN_GRACE="0.5", PYTHONPROFILEIMPORTTIME="1"
         )
         log = tmp_path / f"core-{len(processes)}.log"
         with log.open("wb") as sink:

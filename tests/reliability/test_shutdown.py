@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 import aiohttp
 
 from streamgate.testing.sse import SSEParser
-from tests.conftest import wait_for_line
+from tests.conftest import process_env, wait_for_line
 
 STREAMS = 100
 GRACE = 1.0
@@ -29,14 +28,8 @@ async def _read_all(response: aiohttp.ClientResponse) -> tuple[list[dict[str, ob
 
 
 async def test_sigterm_while_100_streams_run() -> None:
-    env = dict(
-        os.environ,
-        STREAMGATE_GRPC_PORT="0",
-        STREAMGATE_HTTP_PORT="0",
-        STREAMGATE_METRICS_PORT="off",
-        STREAMGATE_TOKENS_PER_SECOND="10",
-        STREAMGATE_DRAIN_GRACE=str(GRACE),
-        STREAMGATE_LOG_LEVEL="WARNING",
+    env = process_env(
+        STREAMGATE_TOKENS_PER_SECOND="10", STREAMGATE_DRAIN_GRACE=str(GRACE), STREAMGATE_LOG_LEVEL="WARNING"
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "streamgate.cli", "--log-level", "INFO", "serve", env=env, stderr=subprocess.PIPE
