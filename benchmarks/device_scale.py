@@ -10,9 +10,12 @@ token 200 ms after the request, 50-150 tokens 50 ms apart) runs at rising concur
 fails (p99 gap between chunks 100 ms or more, or an error); "held" is the highest step that passed.
 Scaling efficiency = held(N) / (N x held(1)), N the core processes.
 
-Everything runs on this machine, the load included: the fake upstream (several processes sharing one
-port when the machine has the cores, so that the upstream is not what saturates), the client worker
-processes, and the gateway. Nothing is downloaded: it needs the repository's .venv (Python 3.11 and
+Everything runs on this machine, the load included: the fake upstream, the clients, and the gateway.
+The load is `sgload` (benchmarks/loadgen, Go) where it can be had: the same upstream and the same
+closed-loop clients as benchmarks.load at a few µs of CPU a token, where the Python ones cost about
+100 µs a token each, as much as the gateway; with them (`--load python`: several upstream processes
+sharing one port, several client processes) the load generator takes most of the machine's CPUs
+before the gateway runs out. Nothing is downloaded: it needs the repository's .venv (Python 3.11 and
 the packages of `scripts/setup`), carried along to the machine that runs it. Results are printed as
 a table and written to benchmarks/results/scale-<time>.md unless --no-save.
 """
@@ -29,8 +32,11 @@ import argparse
 import asyncio
 import dataclasses
 import functools
+import json
 import math
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,12 +46,15 @@ from typing import TypeVar
 import aiohttp
 
 from benchmarks import procs, shapes
-from benchmarks.load import ClientPool
+from benchmarks.load import ClientPool, Job, Result
 from benchmarks.shapes import Cpu, Settings, SteadyStep, log, steady_job, wait_upstream_idle
 from benchmarks.systems import Pace, Upstream, deploy_streamgate
 
 T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+#: The Go load generator: $SGLOAD (device_scale.sh unpacks it there), else built here from source.
+SGLOAD = Path(os.environ.get("SGLOAD") or ROOT / ".device" / "sgload")
 
 
 def _workers(text: str) -> tuple[int, int]:
@@ -64,6 +73,8 @@ class Plan:
     upstreams: int
     clients: int
     settings: Settings
+    #: The Go load generator's binary, or None for the Python upstream and clients.
+    sgload: Path | None = None
     #: Run every step, also past the first that failed (to compare worker counts step by step).
     keep_going: bool = False
 
@@ -78,6 +89,9 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.streams:
         steps_one = steps_many = tuple(int(n) for n in args.streams.split(","))
     settings = dataclasses.replace(shapes.FULL, steady_ramp_s=2.0 if small else 3.0, steady_run_s=5.0 if small else 8.0)
+    go = find_sgload() if args.load != "python" else None
+    if args.load == "go" and go is None:
+        raise SystemExit(f"--load go: no {SGLOAD} and no Go to build it (benchmarks/device_scale.sh pack builds it)")
     return Plan(
         workers=workers,
         steps_one=steps_one,
@@ -86,7 +100,20 @@ def plan(args: argparse.Namespace) -> Plan:
         clients=args.clients or max(2, cpus // 4),
         settings=settings,
         keep_going=args.keep_going,
+        sgload=go,
     )
+
+
+def find_sgload() -> Path | None:
+    """The Go load generator: the one built (and carried), else built now when Go is here."""
+    if SGLOAD.exists():
+        return SGLOAD
+    if shutil.which("go") is None:
+        return None
+    SGLOAD.parent.mkdir(exist_ok=True)
+    build = ["go", "build", "-trimpath", "-o", str(SGLOAD), "."]
+    subprocess.run(build, cwd=ROOT / "benchmarks" / "loadgen", env={**os.environ, "CGO_ENABLED": "0"}, check=True)
+    return SGLOAD
 
 
 # -- the upstream: several processes on one port ---------------------------------------------------
@@ -116,10 +143,55 @@ def upstream_main(argv: list[str]) -> None:
             child.terminate()
 
 
-async def start_upstream(pace: Pace, session: aiohttp.ClientSession, count: int) -> Upstream:
-    argv = [sys.executable, "-m", "benchmarks.device_scale", "upstream", "--procs", str(count)]
+async def start_upstream(pace: Pace, session: aiohttp.ClientSession, plan: Plan) -> Upstream:
+    if plan.sgload is not None:  # one process, every CPU
+        argv = [str(plan.sgload), "upstream"]
+    else:
+        argv = [sys.executable, "-m", "benchmarks.device_scale", "upstream", "--procs", str(plan.upstreams)]
     argv += ["--port", str(procs.free_port()), *pace.argv()]
     return Upstream(await procs.start("upstream", argv, r"upstream listening on (\S+)"), session)
+
+
+# -- the Go clients ---------------------------------------------------------------------------------
+
+
+class GoClients:
+    """benchmarks.load's closed-loop job, run by `sgload clients` (one process, every CPU): the same
+    streams, the same lengths drawn, the same window, the same `Result`."""
+
+    def __init__(self, binary: Path) -> None:
+        self.binary = binary
+
+    async def run(self, job: Job, per_worker: int = 0) -> Result:
+        target = job.target
+        assert target.kind == "sse" and job.lengths and job.window, "sgload runs closed-loop SSE jobs"
+        spec = {
+            "url": target.address,
+            "body": dict(target.body),
+            "headers": dict(target.headers),
+            "dialect": target.dialect,
+            "streams": job.streams,
+            "start_at": job.start_at,
+            "ramp_s": job.ramp_s,
+            "loop_s": job.loop_s,
+            "lengths": list(job.lengths),
+            "window": list(job.window),
+            "timeout_s": job.timeout_s,
+            "seed": job.seed,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            str(self.binary), "clients", "--job", json.dumps(spec), stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"sgload clients exited with {proc.returncode}")
+        fields = json.loads(out)
+        if not fields["first_start"]:
+            fields["first_start"] = math.inf
+        return Result(**fields)
+
+    def close(self) -> None:
+        pass
 
 
 # -- one step ----------------------------------------------------------------------------------------
@@ -130,7 +202,9 @@ async def _at(moment: float, read: Callable[[], T]) -> T:
     return read()
 
 
-async def step(deployment: object, upstream: Upstream, pool: ClientPool, streams: int, plan: Plan) -> SteadyStep:
+async def step(
+    deployment: object, upstream: Upstream, pool: ClientPool | GoClients, streams: int, plan: Plan
+) -> SteadyStep:
     """`shapes.steady_step`, from all the client processes (it uses two)."""
     s = plan.settings
     await wait_upstream_idle(upstream)
@@ -171,10 +245,10 @@ async def measure(plan: Plan) -> list[Outcome]:
     s = plan.settings
     pace = Pace(tokens=s.steady_lengths[1], delay=s.pace_s, first_token_delay=s.steady_first_token_delay)
     outcomes = []
-    pool = ClientPool(plan.clients)
+    pool = GoClients(plan.sgload) if plan.sgload is not None else ClientPool(plan.clients)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            upstream = await start_upstream(pace, session, plan.upstreams)
+            upstream = await start_upstream(pace, session, plan)
             try:
                 with tempfile.TemporaryDirectory(prefix="streamgate-scale-") as workdir:
                     for workers in plan.workers:
@@ -189,7 +263,10 @@ async def measure(plan: Plan) -> list[Outcome]:
                             for streams in plan.steps_one if workers == (1, 1) else plan.steps_many:
                                 done = await step(deployment, upstream, pool, streams, plan)
                                 steps.append(done)
-                                log(f"workers {cores}x{bridges} ×{streams}: {shapes.describe_steady(done)}")
+                                log(
+                                    f"workers {cores}x{bridges} ×{streams}: {shapes.describe_steady(done)};"
+                                    f" CPUs busy (server / upstream / clients) {_busy(done)}"
+                                )
                                 if not done.held(s.gap_limit_s):
                                     if not plan.keep_going:
                                         break
@@ -206,18 +283,34 @@ async def measure(plan: Plan) -> list[Outcome]:
     return outcomes
 
 
+def _busy(st: SteadyStep) -> str:
+    """CPUs kept busy over the window by the server, the upstream and the clients: a load generator
+    near its processes' count is what saturated, not the server."""
+    cpu = st.cpu
+    if cpu is None:
+        return "—"
+    return f"{cpu.cores(cpu.server_total):.1f} / {cpu.cores(cpu.upstream):.1f} / {cpu.cores(cpu.client):.1f}"
+
+
+def _load(plan: Plan) -> str:
+    if plan.sgload is not None:
+        return "sgload (Go): one upstream process and one client process"
+    return f"Python: {plan.clients} client processes, {plan.upstreams} upstream process(es)"
+
+
 def render(plan: Plan, outcomes: list[Outcome]) -> str:
     cpus = os.cpu_count()
     one = next((o.held for o in outcomes if o.workers == (1, 1)), 0)
     lines = [
         f"# streamgate workers: the steady shape at rising concurrency ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
         "",
-        f"Machine: {cpus} CPUs; load generator on the same machine: {plan.clients} client processes,"
-        f" {plan.upstreams} upstream process(es). Held: p99 gap < {plan.settings.gap_limit_s * 1e3:.0f} ms,"
+        f"Machine: {cpus} CPUs; load generator on the same machine: {_load(plan)}."
+        f" Held: p99 gap < {plan.settings.gap_limit_s * 1e3:.0f} ms,"
         " no errors. Efficiency: held(N) / (N x held(1)).",
         "",
         "| workers: cores x bridges | held | efficiency"
-        " | step: gap p50 / p99 ms, added TTFT p99 ms, server µs/token, errors | load average at the end |",
+        " | step: gap p50 / p99 ms, added TTFT p99 ms, server µs/token, errors;"
+        " CPUs busy: server / upstream / clients | load average at the end |",
         "| ---: | ---: | ---: | --- | --- |",
     ]
     for o in outcomes:
@@ -225,7 +318,7 @@ def render(plan: Plan, outcomes: list[Outcome]) -> str:
         eff = f"{o.held / (cores * one):.0%}" if one and o.workers != (1, 1) else "—"
         cells = "; ".join(
             f"×{st.streams}: {st.gap_ms[0]:.0f} / {st.gap_ms[1]:.0f}, {st.added_ttft_ms[1]:.0f},"
-            f" {st.server_us_per_token:.0f}, {st.result.errors}"
+            f" {st.server_us_per_token:.0f}, {st.result.errors}; {_busy(st)}"
             for st in o.steps
         )
         lines.append(f"| {cores}x{bridges} | {o.held} | {eff} | {cells} | {' '.join(f'{x:.1f}' for x in o.load)} |")
@@ -244,9 +337,16 @@ def main() -> int:
         " default: 1 and one per CPU (--small: 1,2)",
     )
     parser.add_argument("--streams", help="comma-separated concurrency steps for every worker count")
-    parser.add_argument("--upstreams", type=int, default=0, help="fake upstream processes (default: CPUs / 4)")
+    parser.add_argument("--upstreams", type=int, default=0, help="Python fake upstream processes (default: CPUs / 4)")
     parser.add_argument(
-        "--clients", type=int, default=0, help="client worker processes (default: CPUs / 4, 2 at least)"
+        "--clients", type=int, default=0, help="Python client worker processes (default: CPUs / 4, 2 at least)"
+    )
+    parser.add_argument(
+        "--load",
+        choices=("auto", "go", "python"),
+        default="auto",
+        help="the load generator: sgload (Go) or benchmarks.load's Python clients and upstream"
+        " (default: sgload when it is built or Go is here)",
     )
     parser.add_argument("--keep-going", action="store_true", help="run every step, also past the first that failed")
     parser.add_argument("--no-save", action="store_true", help="print only")

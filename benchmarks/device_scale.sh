@@ -11,7 +11,8 @@
 # and the .venv's site-packages without what the run never imports (browsers, dataframes, type
 # checkers, litellm's proxy...). `run` unpacks it under /tmp, points the editable install at this
 # checkout wherever it lies, and runs with that interpreter; a .venv that works there (carried, or
-# made by scripts/setup) is used instead. Carry `.device` (ignored by git) with the run:
+# made by scripts/setup) is used instead. The archive also holds the Go load generator (sgload,
+# benchmarks/loadgen), built static. Carry `.device` (ignored by git) with the run:
 #
 #   run(command="benchmarks/device_scale.sh run --out $OUT", carry=[".device"], timeout_s=600)
 #
@@ -46,6 +47,20 @@ pack() {
     "$base/bin/python3.11" "$base/lib/libpython3.11.so.1.0" "$base/lib/python3.11" 2>/dev/null \
     >.device/env.tar
   tar -rf .device/env.tar "${EXCLUDE[@]}" --transform="s#^${site}#site#" "$site"
+  # The system libraries the interpreter's and the packages' extensions link to (OpenSSL, libffi,
+  # SQLite...), in case the machine lacks one: used there only if an import fails without them.
+  rm -rf .device/fallback-lib && mkdir -p .device/fallback-lib
+  find "$base/lib/python3.11/lib-dynload" "$site" -name '*.so*' ! -name '_tkinter*' ! -name '_curses*' \
+    ! -name 'readline*' ! -path '*/playwright/*' ! -path '*/polars*' ! -path '*/numpy*' -print0 |
+    xargs -0 ldd 2>/dev/null |
+    awk '$2 == "=>" && $3 ~ /^\/(usr\/)?lib/ {print $3}' | sort -u |
+    grep -v -E '/(libc|libm|libmvec|libpthread|librt|libdl|libutil|libresolv|libnsl|libcrypt|ld-linux[^/]*)\.so' |
+    xargs -r cp -L -t .device/fallback-lib
+  tar -rf .device/env.tar --transform='s#^.device/fallback-lib#fallback-lib#' .device/fallback-lib
+  rm -rf .device/fallback-lib
+  # The Go load generator (benchmarks/loadgen), static: the machine there has no Go.
+  (cd benchmarks/loadgen && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$root/.device/sgload" .)
+  tar -rf .device/env.tar --transform='s#^.device/##' .device/sgload
   xz -T0 -6 -f .device/env.tar
   echo "pack: $(du -m .device/env.tar.xz | cut -f1) MiB in .device/env.tar.xz (with the tree: under 64 MiB)"
 }
@@ -69,6 +84,13 @@ python_here() {
   echo "import site; site.addsitedir('$env/site')" >$env/boot/sitecustomize.py
   export PYTHONPATH=$env/boot PYTHONHOME=$env/python LD_LIBRARY_PATH=$env/python/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   PY=$env/python/bin/python3.11
+  export SGLOAD=$env/sgload
+  local check='import ssl, sqlite3, ctypes, lzma, bz2, zlib, uuid, grpc, aiohttp, uvloop, tiktoken, streamgate.core'
+  if ! $PY -c "$check" 2>/dev/null; then
+    echo "run: the machine lacks a library the packages link to: adding the packed ones" >&2
+    export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$env/fallback-lib
+    $PY -c "$check"
+  fi
 }
 
 case "${1:-}" in

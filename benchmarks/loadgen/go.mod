@@ -1,0 +1,3 @@
+module github.com/streamgate/streamgate/benchmarks/loadgen
+
+go 1.22
