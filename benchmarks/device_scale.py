@@ -32,10 +32,8 @@ import argparse
 import asyncio
 import dataclasses
 import functools
-import json
 import math
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -45,16 +43,13 @@ from typing import TypeVar
 
 import aiohttp
 
-from benchmarks import procs, shapes
-from benchmarks.load import ClientPool, Job, Result
+from benchmarks import procs, sgload, shapes
+from benchmarks.load import ClientPool
 from benchmarks.shapes import Cpu, Settings, SteadyStep, log, steady_job, wait_upstream_idle
 from benchmarks.systems import Pace, Upstream, deploy_streamgate
 
 T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
-#: The Go load generator: $SGLOAD (device_scale.sh unpacks it there), else built here from source.
-SGLOAD = Path(os.environ.get("SGLOAD") or ROOT / ".device" / "sgload")
 
 
 def _workers(text: str) -> tuple[int, int]:
@@ -89,9 +84,11 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.streams:
         steps_one = steps_many = tuple(int(n) for n in args.streams.split(","))
     settings = dataclasses.replace(shapes.FULL, steady_ramp_s=2.0 if small else 3.0, steady_run_s=5.0 if small else 8.0)
-    go = find_sgload() if args.load != "python" else None
+    go = sgload.find_sgload() if args.load != "python" else None
     if args.load == "go" and go is None:
-        raise SystemExit(f"--load go: no {SGLOAD} and no Go to build it (benchmarks/device_scale.sh pack builds it)")
+        raise SystemExit(
+            f"--load go: no {sgload.SGLOAD} and no Go to build it (benchmarks/device_scale.sh pack builds it)"
+        )
     return Plan(
         workers=workers,
         steps_one=steps_one,
@@ -104,24 +101,11 @@ def plan(args: argparse.Namespace) -> Plan:
     )
 
 
-def find_sgload() -> Path | None:
-    """The Go load generator: the one built (and carried), else built now when Go is here."""
-    if SGLOAD.exists():
-        return SGLOAD
-    if shutil.which("go") is None:
-        return None
-    SGLOAD.parent.mkdir(exist_ok=True)
-    build = ["go", "build", "-trimpath", "-o", str(SGLOAD), "."]
-    subprocess.run(build, cwd=ROOT / "benchmarks" / "loadgen", env={**os.environ, "CGO_ENABLED": "0"}, check=True)
-    return SGLOAD
-
-
 # -- the upstream: several processes on one port ---------------------------------------------------
 
 
 def upstream_main(argv: list[str]) -> None:
     """`device_scale upstream --procs N ...`: the fake upstream, N processes sharing the port."""
-    import subprocess
 
     from aiohttp import web
 
@@ -144,54 +128,13 @@ def upstream_main(argv: list[str]) -> None:
 
 
 async def start_upstream(pace: Pace, session: aiohttp.ClientSession, plan: Plan) -> Upstream:
-    if plan.sgload is not None:  # one process, every CPU
-        argv = [str(plan.sgload), "upstream"]
+    port = procs.free_port()
+    if plan.sgload is not None:
+        argv = sgload.upstream_argv(plan.sgload, port, pace)
     else:
         argv = [sys.executable, "-m", "benchmarks.device_scale", "upstream", "--procs", str(plan.upstreams)]
-    argv += ["--port", str(procs.free_port()), *pace.argv()]
+        argv += ["--port", str(port), *pace.argv()]
     return Upstream(await procs.start("upstream", argv, r"upstream listening on (\S+)"), session)
-
-
-# -- the Go clients ---------------------------------------------------------------------------------
-
-
-class GoClients:
-    """benchmarks.load's closed-loop job, run by `sgload clients` (one process, every CPU): the same
-    streams, the same lengths drawn, the same window, the same `Result`."""
-
-    def __init__(self, binary: Path) -> None:
-        self.binary = binary
-
-    async def run(self, job: Job, per_worker: int = 0) -> Result:
-        target = job.target
-        assert target.kind == "sse" and job.lengths and job.window, "sgload runs closed-loop SSE jobs"
-        spec = {
-            "url": target.address,
-            "body": dict(target.body),
-            "headers": dict(target.headers),
-            "dialect": target.dialect,
-            "streams": job.streams,
-            "start_at": job.start_at,
-            "ramp_s": job.ramp_s,
-            "loop_s": job.loop_s,
-            "lengths": list(job.lengths),
-            "window": list(job.window),
-            "timeout_s": job.timeout_s,
-            "seed": job.seed,
-        }
-        proc = await asyncio.create_subprocess_exec(
-            str(self.binary), "clients", "--job", json.dumps(spec), stdout=asyncio.subprocess.PIPE
-        )
-        out, _ = await proc.communicate()
-        if proc.returncode:
-            raise RuntimeError(f"sgload clients exited with {proc.returncode}")
-        fields = json.loads(out)
-        if not fields["first_start"]:
-            fields["first_start"] = math.inf
-        return Result(**fields)
-
-    def close(self) -> None:
-        pass
 
 
 # -- one step ----------------------------------------------------------------------------------------
@@ -202,9 +145,7 @@ async def _at(moment: float, read: Callable[[], T]) -> T:
     return read()
 
 
-async def step(
-    deployment: object, upstream: Upstream, pool: ClientPool | GoClients, streams: int, plan: Plan
-) -> SteadyStep:
+async def step(deployment: object, upstream: Upstream, pool: ClientPool, streams: int, plan: Plan) -> SteadyStep:
     """`shapes.steady_step`, from all the client processes (it uses two)."""
     s = plan.settings
     await wait_upstream_idle(upstream)
@@ -245,7 +186,8 @@ async def measure(plan: Plan) -> list[Outcome]:
     s = plan.settings
     pace = Pace(tokens=s.steady_lengths[1], delay=s.pace_s, first_token_delay=s.steady_first_token_delay)
     outcomes = []
-    pool = GoClients(plan.sgload) if plan.sgload is not None else ClientPool(plan.clients)
+    closed_loop = sgload.GoClients(plan.sgload).run if plan.sgload is not None else None
+    pool = ClientPool(plan.clients if closed_loop is None else 0, closed_loop)
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             upstream = await start_upstream(pace, session, plan)

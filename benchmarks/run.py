@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import aiohttp
 
-from benchmarks import report, shapes
+from benchmarks import report, sgload, shapes
 from benchmarks.load import ClientPool
 from benchmarks.procs import free_port, kill_all, raise_fd_limit
 from benchmarks.proxy_install import ensure_litellm_proxy
@@ -71,6 +71,8 @@ class Bench:
     workdir: Path
     run: Run
     started: float
+    #: sgload (Go): the upstream, and the steady shape's SSE clients; None: the Python ones.
+    go: Path | None = None
 
     def results(self, key: str) -> SystemResults:
         return self.run.results[key]
@@ -109,7 +111,7 @@ class Environment:
         bench.say(f"upstream and {'fresh ' if fresh else ''}systems for {phase}: {pace}")
         if self.upstream is not None:
             await self.upstream.server.stop()
-        self.upstream = await start_upstream(pace, bench.session, self.port)
+        self.upstream = await start_upstream(pace, bench.session, self.port, go=bench.go)
         inside = {s.key for s in bench.systems if s.runs_in(phase)}
         stale = [
             key
@@ -302,17 +304,20 @@ def _systems(args: argparse.Namespace, run: Run) -> list[System]:
 PHASES = {"unpaced": unpaced, "paced": paced, "steady": steady, "idle": idle}
 
 
-async def bench_all(settings: Settings, systems: list[System], run: Run, phases: list[str]) -> None:
+async def bench_all(
+    settings: Settings, systems: list[System], run: Run, phases: list[str], go: Path | None = None
+) -> None:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     for system in systems:
         run.results[system.key] = SystemResults(uses_upstream=system.uses_upstream)
-    pool = ClientPool(max(2, math.ceil(max(*settings.paced_steps, settings.idle_streams) / 200)))
+    closed_loop = sgload.GoClients(go).run if go is not None else None
+    pool = ClientPool(max(2, math.ceil(max(*settings.paced_steps, settings.idle_streams) / 200)), closed_loop)
     try:
         with tempfile.TemporaryDirectory(prefix="streamgate-bench-") as workdir:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-                bench = Bench(settings, systems, pool, session, Path(workdir), run, time.monotonic())
+                bench = Bench(settings, systems, pool, session, Path(workdir), run, time.monotonic(), go)
                 env = Environment(bench)
                 try:
                     for phase in phases:
@@ -355,6 +360,14 @@ def main() -> int:
         help="how streamgate's bridge reaches its core: socket (a Unix socket, as serve does; default) or grpc"
         " (the Relay call, as between machines); a run with grpc is printed, not saved",
     )
+    parser.add_argument(
+        "--load",
+        choices=("python", "go"),
+        default="python",
+        help="the load generator: python (streamgate.testing.upstream and benchmarks.load's clients; default)"
+        " or go (sgload, benchmarks/loadgen: the upstream, and the steady shape's SSE clients, at a quarter"
+        " of the CPU a token; gRPC and the other shapes keep the Python clients)",
+    )
     parser.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
     args = parser.parse_args()
     phases = args.phases.split(",")
@@ -372,13 +385,19 @@ def main() -> int:
         mode += f", streamgate --workers {args.workers}"
     if args.link != "socket":
         mode += f", streamgate's link over {args.link}"
-    if args.paced_steps or args.steady_steps or phases != list(PHASES) or args.workers > 1 or args.link != "socket":
+    go = None
+    if args.load == "go":
+        if (go := sgload.find_sgload()) is None:
+            parser.error("--load go: sgload is not built and there is no Go to build it")
+        mode += ", load: sgload (Go upstream; Go SSE clients in the steady shape)"
+    changed = args.workers > 1 or args.link != "socket" or args.load != "python"
+    if args.paced_steps or args.steady_steps or phases != list(PHASES) or changed:
         args.no_save = True  # a partial run is not the suite's result
         mode += " (partial)"
     run = Run(settings, mode, {})
     try:
         systems = _systems(args, run)
-        asyncio.run(bench_all(run.settings, systems, run, phases))
+        asyncio.run(bench_all(run.settings, systems, run, phases, go))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted: every process stopped")
         return 130

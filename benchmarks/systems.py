@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks import procs
+from benchmarks import procs, sgload
 from benchmarks.load import Target
 from benchmarks.procs import Server
 
@@ -81,8 +81,14 @@ def plain(role: str, args: list[str]) -> list[str]:
     return [*_command("streamgate", "streamgate.cli"), *args]
 
 
-async def start_upstream(pace: Pace, session: aiohttp.ClientSession, port: int, launch: Launch = plain) -> Upstream:
-    """The upstream on `port`: restarted there with each new pace, the gateways in front keep its URL."""
+async def start_upstream(
+    pace: Pace, session: aiohttp.ClientSession, port: int, launch: Launch = plain, go: Path | None = None
+) -> Upstream:
+    """The upstream on `port`: restarted there with each new pace, the gateways in front keep its URL.
+    `go`: sgload's (benchmarks.sgload) rather than streamgate.testing.upstream."""
+    if go is not None:
+        argv = sgload.upstream_argv(go, port, pace)
+        return Upstream(await procs.start("upstream", argv, r"upstream listening on (\S+)"), session)
     argv = launch("upstream", ["--port", str(port), *pace.argv()])
     return Upstream(await procs.start("upstream", argv, r"upstream listening on (\S+)"), session)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from benchmarks import device_scale, shapes
+from benchmarks import device_scale, sgload, shapes
 from benchmarks.load import Job, Result, Target, percentile
 from benchmarks.systems import Deployment, Pace, Upstream, deploy_streamgate
 
@@ -21,7 +21,7 @@ PACE = Pace(tokens=12, delay=0.02, first_token_delay=0.05)
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Upstream, Deployment, Path]]:
-    binary = device_scale.find_sgload()
+    binary = sgload.find_sgload()
     assert binary is not None, "sgload needs Go to build (scripts/setup installs it)"
     plan = device_scale.Plan(
         workers=((1, 1),), steps_one=(), steps_many=(), upstreams=1, clients=1, settings=shapes.FULL, sgload=binary
@@ -46,7 +46,7 @@ def closed_loop(target: Target, streams: int) -> Job:
 
 
 async def run(binary: Path, job: Job) -> Result:
-    return await device_scale.GoClients(binary).run(job)
+    return await sgload.GoClients(binary).run(job)
 
 
 async def test_streams_through_the_gateway_are_counted_as_the_python_clients_count_them(
