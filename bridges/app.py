@@ -15,7 +15,6 @@ from importlib import resources
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import streamgate._telemetry as _telemetry
 from streamgate.contract import ErrorCode, StreamError
@@ -25,6 +24,7 @@ from streamgate.link.pool import CorePool
 from . import observe, openai_api, usage
 from .config import BridgeConfig
 from .errors import error_response
+from .metrics import CONTENT_TYPE
 from .sse import resume_sse, stop_stream, stream_sse
 from .state import SHUTTING_DOWN, STATE, BridgeState
 from .ws import stream_ws
@@ -66,8 +66,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[STATE].metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = request.app[STATE].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 _PAGE = resources.files(__package__).joinpath("static/index.html")

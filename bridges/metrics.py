@@ -9,10 +9,19 @@ same), or what only the bridge sees: `disconnected` (the client left mid-stream)
 
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -39,12 +48,23 @@ class Note:
 NOTE: ContextVar[Note | None] = ContextVar("streamgate_bridge_note", default=None)
 
 
+#: Set (by `streamgate serve` with several bridges, before prometheus_client is imported): the folder
+#: where every bridge process keeps its figures, so that `/metrics`, whichever bridge answers it on the
+#: shared port, is the sum over all of them (prometheus_client's multiprocess mode).
+SHARED_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
 class BridgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.open_streams = Gauge(
-            "streamgate_bridge_open_streams", "Streams open now, by transport.", ["transport"], registry=r
+            "streamgate_bridge_open_streams",
+            "Streams open now, by transport.",
+            ["transport"],
+            registry=r,
+            multiprocess_mode="livesum",  # with several bridges: the live ones' sum
         )
         self.frames = Counter("streamgate_bridge_frames", "Frames sent, by transport.", ["transport"], registry=r)
         self.disconnects = Counter(
@@ -74,6 +94,14 @@ class BridgeMetrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+
+    def exposition(self) -> bytes:
+        """The text `/metrics` answers: this bridge's figures, or every bridge's summed (`SHARED_ENV`)."""
+        if os.environ.get(SHARED_ENV):
+            shared = CollectorRegistry()
+            multiprocess.MultiProcessCollector(shared)  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+            return generate_latest(shared)
+        return generate_latest(self.registry)
 
     def ended(self, transport: str, outcome: str, request_id: str | None = None) -> None:
         """Count a stream that ended or was refused, and note it for its access line and span."""

@@ -568,6 +568,24 @@ def _workers_plan(args: argparse.Namespace, config: Any, server: Any) -> Any:
     )
 
 
+def _shared_bridge_metrics(args: argparse.Namespace) -> str | None:
+    """With several bridges on one port, a folder (only this user's) where each keeps its figures, so
+    that `/metrics` on that port, whichever bridge answers, is all of them (prometheus_client's
+    multiprocess mode, which reads its variable once, when it is imported: so, here, first)."""
+    if (args.bridge_workers or args.workers) < 2:
+        return None
+    import atexit
+    import shutil
+    import tempfile
+
+    if "prometheus_client" in sys.modules:  # a change that imports it sooner must move this earlier
+        raise RuntimeError("prometheus_client was imported before the bridges' shared metrics were set up")
+    folder = tempfile.mkdtemp(prefix="streamgate-metrics-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # also when serve never starts
+    os.environ[SHARED_METRICS_ENV] = folder
+    return folder
+
+
 def _end_with_serve() -> None:
     """A child of `streamgate serve` (started with --ready-fd): SIGTERM (a drain) when serve's process ends,
     however it ends, so that a serve killed with SIGKILL leaves no core or bridge behind (Linux only)."""
@@ -582,6 +600,9 @@ def _end_with_serve() -> None:
     if os.getppid() != parent:  # serve ended before the line above: nobody will send it
         os.kill(os.getpid(), signal.SIGTERM)
 
+
+#: prometheus_client's multiprocess folder (streamgate.bridges.metrics.SHARED_ENV, which imports it).
+SHARED_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Seconds a thread may hold the GIL while another waits for it (Python's default: 0.005).
 GIL_SWITCH_INTERVAL = 0.0005
@@ -636,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve":
             # A line at once: a model that needs litellm takes its core about 10 s to import it.
             logging.getLogger("streamgate.serve").info("starting the core and the bridge...")
+            shared_metrics = _shared_bridge_metrics(args)  # before prometheus_client is imported
             from streamgate.serve import serve
 
             core_config, server_config = _core_configs(args)  # validate before starting anything
@@ -652,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             def bridge_config(core: str) -> Any:
                 return dataclasses.replace(_bridge_config(args, core), tracer_provider=traces)
 
-            workers = dataclasses.replace(workers, link=args.link)
+            workers = dataclasses.replace(workers, link=args.link, bridge_metrics=shared_metrics)
             return _run(serve(options, _core_argv(args), bridge_config, workers), args.loop)
     except (ValueError, OSError) as exc:  # a bad flag value or file: say which, without a traceback
         parser.error(str(exc))

@@ -40,6 +40,7 @@ from typing import Any
 
 from streamgate.bridges.app import BridgeServer
 from streamgate.bridges.config import BridgeConfig
+from streamgate.bridges.metrics import SHARED_ENV as SHARED_METRICS_ENV
 from streamgate.link._wire import TOKEN_ENV
 
 logger = logging.getLogger("streamgate.serve")
@@ -65,6 +66,9 @@ class Workers:
     #: How the bridges reach the cores: "socket" (each core's Unix socket, `streamgate.link._stream`)
     #: or "grpc" (the `Relay` call on its gRPC port).
     link: str = "socket"
+    #: With several bridges: the folder where each keeps its metrics (`bridges.metrics.SHARED_ENV`, set
+    #: in this process's environment before prometheus_client was imported), removed at the end.
+    bridge_metrics: str | None = None
 
     def __post_init__(self) -> None:
         if self.cores < 1 or self.bridges < 1:
@@ -206,8 +210,10 @@ async def serve(
 
         return argv
 
+    core_env = {name: value for name, value in env.items() if name != SHARED_METRICS_ENV}  # each core its own
     cores = [
-        _Child(f"core {i}" if workers.cores > 1 else "core", core_argv_of(i), env, slots) for i in range(workers.cores)
+        _Child(f"core {i}" if workers.cores > 1 else "core", core_argv_of(i), core_env, slots)
+        for i in range(workers.cores)
     ]
     bridge_children: list[_Child] = []
     stop = asyncio.Event()
@@ -301,6 +307,11 @@ async def serve(
                     return 1
                 if table is not None and child in cores:
                     table.clear(cores.index(child))  # its streams are gone: their slots come back now
+                if workers.bridge_metrics is not None and child in bridge_children:
+                    from prometheus_client import multiprocess
+
+                    # Its open streams leave the live sum (prometheus_client leaves this untyped).
+                    multiprocess.mark_process_dead(child.process.pid, workers.bridge_metrics)  # type: ignore[no-untyped-call]
                 await _restart(child, stopping)
                 if stop.is_set():
                     break
@@ -325,6 +336,8 @@ async def serve(
             os.close(fd)
         if sockets is not None:
             shutil.rmtree(sockets, ignore_errors=True)
+        if workers.bridge_metrics is not None:
+            shutil.rmtree(workers.bridge_metrics, ignore_errors=True)
 
 
 async def _restart(child: _Child, stopping: asyncio.Future[Any]) -> None:

@@ -84,7 +84,9 @@ async def _start(tmp: Path, upstream: FakeUpstream | None, *extra: str, **env_ex
             serve.log.append(line.decode())
 
     serve.reader = asyncio.create_task(read())
-    async with aiohttp.ClientSession() as http:  # every bridge listens, every core answers
+    # Serve says so once every bridge listens: until then the kernel gives every connection to the first.
+    await _until(lambda: _logged(serve, "serving on "), within=60)
+    async with aiohttp.ClientSession() as http:  # every core answers
         for _ in range(4):
             await _until(lambda: _ready(http, url))
     return serve
@@ -427,3 +429,69 @@ async def test_a_serve_killed_with_sigkill_leaves_no_worker_behind(tmp_path: Pat
     await _until(gone, within=20.0)
     if serve.reader is not None:
         serve.reader.cancel()
+
+
+def _bridge_figure(text: str, name: str, **labels: str) -> float:
+    """One sample of a bridge's `/metrics` text (0 when absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        metric, _, value = line.rpartition(" ")
+        if metric.startswith(name + "{") and ",".join(sorted(metric[len(name) + 1 : -1].split(","))) == wanted:
+            return float(value)
+    return 0.0
+
+
+async def test_metrics_on_the_shared_port_count_every_bridges_streams(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Two bridges share the HTTP port, and the kernel gives each new connection to either: `/metrics`,
+    whichever bridge answers, sums both (12 streams over 12 connections all on one bridge, and 8 scrapes
+    all answered by it, would be a chance of about 1 in 2^19)."""
+    quick = FakeUpstream(Scenario(tokens=3))
+    await quick.start()
+    serve = await _start(tmp_path, quick)
+    try:
+        for _ in range(12):  # `http` closes each connection: each stream on a new one
+            async with http.post(f"{serve.url}/query/stream", json={"query": "hi"}) as response:
+                assert response.status == 200
+                assert b'"is_final": true' in await response.read()
+
+        async def completed() -> float:
+            async with http.get(f"{serve.url}/metrics") as response:
+                text = await response.text()
+            return _bridge_figure(text, "streamgate_bridge_streams_total", outcome="completed", transport="sse")
+
+        async def counted() -> bool:  # a stream is counted just after its last byte is sent
+            return await completed() == 12
+
+        await _until(counted)
+        for _ in range(8):
+            async with http.get(f"{serve.url}/metrics") as response:
+                text = await response.text()
+            assert _bridge_figure(text, "streamgate_bridge_streams_total", outcome="completed", transport="sse") == 12
+            # At least a content frame and the final one a stream (the core may send tokens that wait as one).
+            assert _bridge_figure(text, "streamgate_bridge_frames_total", transport="sse") >= 12 * 2
+    finally:
+        assert await _stop(serve) == 0
+        await quick.close()
+
+
+async def test_metrics_on_the_shared_port_show_every_bridges_open_streams(
+    server: Serve, http: aiohttp.ClientSession
+) -> None:
+    await _all_ended(http, server)
+    opened, refused = await _open(http, server, list(NAMES[:6]))  # each on a connection of its own
+    try:
+        assert len(opened) == 6 and not refused
+        for _ in range(8):
+            async with http.get(f"{server.url}/metrics") as response:
+                text = await response.text()
+            assert _bridge_figure(text, "streamgate_bridge_open_streams", transport="sse") == 6
+    finally:
+        _close(opened)
+
+    async def none_open() -> bool:
+        async with http.get(f"{server.url}/metrics") as response:
+            return _bridge_figure(await response.text(), "streamgate_bridge_open_streams", transport="sse") == 0
+
+    await _until(none_open)
