@@ -4,10 +4,11 @@
     .venv/bin/python -m benchmarks.device_scale --small         # a small machine (2 cores): about 2 minutes
     .venv/bin/python -m benchmarks.device_scale --workers 1,2 --streams 200,400   # 1 vs 2, one run
 
-For each worker count (default: 1, then one per CPU: `streamgate serve --workers N`, N cores and N
-bridges), the steady shape (closed-loop client slots that open a new stream as theirs ends; first
-token 200 ms after the request, 50-150 tokens 50 ms apart) runs at rising concurrency until a step
-fails (p99 gap between chunks 100 ms or more, or an error); "held" is the highest step that passed.
+For each worker count (default: 1, then one for every two CPUs as `--workers auto` starts; `streamgate
+serve --workers N`, N cores and N bridges), the steady shape (closed-loop client slots that open a new
+stream as theirs ends; first token 200 ms after the request, 50-150 tokens 50 ms apart) runs at rising
+concurrency until a step fails (p99 gap between chunks 100 ms or more, or an error); "held" is the
+highest step that passed.
 Scaling efficiency = held(N) / (N x held(1)), N the core processes.
 
 Everything runs on this machine, the load included: the fake upstream, the clients, and the gateway.
@@ -77,7 +78,7 @@ class Plan:
 def plan(args: argparse.Namespace) -> Plan:
     cpus = os.cpu_count() or 1
     small = args.small
-    counts = args.workers.split(",") if args.workers else ["1", "2" if small else str(cpus)]
+    counts = args.workers.split(",") if args.workers else ["1", "2" if small else str(max(2, cpus // 2))]
     workers = tuple(_workers(w) for w in counts)
     steps_one = (100, 200, 300) if small else (250, 500, 750, 1000)
     steps_many = (200, 400) if small else (1000, 2000, 3000, 4000, 5000, 6000)
@@ -276,7 +277,7 @@ def main() -> int:
     parser.add_argument(
         "--workers",
         help="comma-separated worker counts, N (N cores and N bridges) or NxM (N cores, M bridges);"
-        " default: 1 and one per CPU (--small: 1,2)",
+        " default: 1 and one for every two CPUs (--small: 1,2)",
     )
     parser.add_argument("--streams", help="comma-separated concurrency steps for every worker count")
     parser.add_argument("--upstreams", type=int, default=0, help="Python fake upstream processes (default: CPUs / 4)")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The scale shape of issue 17 on a many-core machine that reaches nothing outside itself (the device
-# machine: 16 cores), in under 10 minutes: benchmarks/device_scale.py with 1 worker and one per CPU.
+# machine: 16 cores), in under 10 minutes: benchmarks/device_scale.py with 1 worker and one for every two CPUs.
 #
 #   benchmarks/device_scale.sh pack            # here: .device/env.tar.xz (Python 3.11 and the packages)
 #   benchmarks/device_scale.sh run [ARGS...]   # there: unpack it if needed, then device_scale.py ARGS
