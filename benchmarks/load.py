@@ -518,6 +518,11 @@ class _Worker:
     opened: Synchronized[int]
 
 
+def closed_loop_sse(job: Job) -> bool:
+    """A closed-loop SSE job (the steady shape), untraced: what `ClientPool`'s `closed_loop` takes."""
+    return job.target.kind == "sse" and bool(job.loop_s) and job.lengths is not None and not job.trace
+
+
 class ClientPool:
     """`size` client worker processes, started once; `run(job)` splits a job between them. With
     `closed_loop` (benchmarks.sgload's Go clients), the jobs it runs (closed-loop SSE) go to it."""
@@ -554,11 +559,8 @@ class ClientPool:
         """Run `job` on ceil(streams / per_worker) workers (at most all), starting `lead_s` from now
         (or at the job's own `start_at`, when it has one)."""
         start_at = job.start_at or time.time() + lead_s
-        if self.closed_loop is not None:
-            from benchmarks.sgload import runs  # it imports this module
-
-            if runs(job):
-                return await self.closed_loop(replace(job, start_at=start_at))
+        if self.closed_loop is not None and closed_loop_sse(job):
+            return await self.closed_loop(replace(job, start_at=start_at))
         count = max(1, min(self.size, math.ceil(job.streams / per_worker)))
         self._release.clear()
         limit = max(0.0, start_at - time.time()) + job.ramp_s + job.loop_s + job.timeout_s + 30

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks.load import Job, Result
+from benchmarks.load import Job, Result, closed_loop_sse
 
 if TYPE_CHECKING:
     from benchmarks.systems import Pace
@@ -46,11 +46,6 @@ def upstream_argv(binary: Path, port: int, pace: Pace) -> list[str]:
     return [str(binary), "upstream", "--port", str(port), *pace.argv()]
 
 
-def runs(job: Job) -> bool:
-    """Whether sgload runs `job`: closed-loop SSE jobs (the steady shape); the rest is benchmarks.load's."""
-    return job.target.kind == "sse" and bool(job.loop_s) and job.lengths is not None and not job.trace
-
-
 class GoClients:
     """benchmarks.load's closed-loop job, run by `sgload clients` (one process, every CPU): the same
     streams, the same lengths drawn, the same window, the same `Result`."""
@@ -59,7 +54,7 @@ class GoClients:
         self.binary = binary
 
     async def run(self, job: Job) -> Result:
-        assert runs(job), "sgload runs closed-loop SSE jobs"
+        assert closed_loop_sse(job), "sgload runs closed-loop SSE jobs"
         target = job.target
         spec = {
             "url": target.address,
