@@ -15,6 +15,7 @@ from importlib import resources
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST
 
 import streamgate._telemetry as _telemetry
 from streamgate.contract import ErrorCode, StreamError
@@ -24,7 +25,6 @@ from streamgate.link.pool import CorePool
 from . import observe, openai_api, usage
 from .config import BridgeConfig
 from .errors import error_response
-from .metrics import CONTENT_TYPE
 from .sse import resume_sse, stop_stream, stream_sse
 from .state import SHUTTING_DOWN, STATE, BridgeState
 from .ws import stream_ws
@@ -67,7 +67,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[STATE].metrics.exposition()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 _PAGE = resources.files(__package__).joinpath("static/index.html")

@@ -14,7 +14,6 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -52,7 +51,6 @@ NOTE: ContextVar[Note | None] = ContextVar("streamgate_bridge_note", default=Non
 #: where every bridge process keeps its figures, so that `/metrics`, whichever bridge answers it on the
 #: shared port, is the sum over all of them (prometheus_client's multiprocess mode).
 SHARED_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class BridgeMetrics:

@@ -19,30 +19,15 @@ import aiohttp
 
 from streamgate.contract import ErrorCode, StreamError, Usage
 
+from .translate import BROKE_OFF, HTTP_STATUS, SERVER_ERROR
 from .upstream import Delta
 
-#: HTTP status of an upstream error → (code, retryable, summary); other 4xx are INVALID_ARGUMENT.
-_HTTP: dict[int, tuple[ErrorCode, bool, str]] = {
-    400: (ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"),
-    401: (ErrorCode.INTERNAL, False, "the upstream rejected the gateway's credentials"),
-    403: (ErrorCode.INTERNAL, False, "the upstream denied access to the model"),
-    404: (ErrorCode.INVALID_ARGUMENT, False, "the upstream does not know the model"),
-    408: (ErrorCode.DEADLINE_EXCEEDED, True, "the upstream timed out"),
-    422: (ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"),
-    429: (ErrorCode.RESOURCE_EXHAUSTED, True, "the upstream is rate limiting"),
-}
-BROKE_OFF = "the upstream stream broke off"
 #: Seconds a finished stream's connection may take to end its body before it is closed instead of reused.
 DRAIN_S = 1.0
 
 
 def _http_error(status: int, body: bytes) -> StreamError:
-    if status in _HTTP:
-        code, retryable, summary = _HTTP[status]
-    elif status >= 500:
-        code, retryable, summary = ErrorCode.UNAVAILABLE, True, "the upstream failed"
-    else:
-        code, retryable, summary = ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"
+    code, retryable, summary = HTTP_STATUS.get(status) or (SERVER_ERROR if status >= 500 else HTTP_STATUS[400])
     detail = ""
     try:
         error = json.loads(body).get("error")

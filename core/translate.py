@@ -13,6 +13,21 @@ from streamgate.contract import ErrorCode, StreamError
 
 _Table = tuple[tuple[type[BaseException], ErrorCode, bool, str], ...]
 
+#: An upstream's HTTP error status → (code, retryable, summary): the lean path's answer for the status
+#: (`core/openai_stream.py`), and litellm's exception for that status maps the same (`_table`).
+HTTP_STATUS: dict[int, tuple[ErrorCode, bool, str]] = {
+    400: (ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"),
+    401: (ErrorCode.INTERNAL, False, "the upstream rejected the gateway's credentials"),
+    403: (ErrorCode.INTERNAL, False, "the upstream denied access to the model"),
+    404: (ErrorCode.INVALID_ARGUMENT, False, "the upstream does not know the model"),
+    408: (ErrorCode.DEADLINE_EXCEEDED, True, "the upstream timed out"),
+    422: (ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"),
+    429: (ErrorCode.RESOURCE_EXHAUSTED, True, "the upstream is rate limiting"),
+}
+#: Any other 5xx; any other 4xx is `HTTP_STATUS[400]`.
+SERVER_ERROR = (ErrorCode.UNAVAILABLE, True, "the upstream failed")
+BROKE_OFF = "the upstream stream broke off"
+
 
 @functools.cache
 def _table() -> _Table:
@@ -34,29 +49,19 @@ def _table() -> _Table:
             False,
             "the provider refused the content",
         ),
-        (litellm.MidStreamFallbackError, ErrorCode.UNAVAILABLE, True, "the upstream stream broke off"),
-        (litellm.Timeout, ErrorCode.DEADLINE_EXCEEDED, True, "the upstream timed out"),
-        (litellm.RateLimitError, ErrorCode.RESOURCE_EXHAUSTED, True, "the upstream is rate limiting"),
-        (
-            litellm.AuthenticationError,
-            ErrorCode.INTERNAL,
-            False,
-            "the upstream rejected the gateway's credentials",
-        ),
-        (litellm.PermissionDeniedError, ErrorCode.INTERNAL, False, "the upstream denied access to the model"),
-        (litellm.NotFoundError, ErrorCode.INVALID_ARGUMENT, False, "the upstream does not know the model"),
-        (
-            litellm.UnprocessableEntityError,
-            ErrorCode.INVALID_ARGUMENT,
-            False,
-            "the upstream rejected the request",
-        ),
-        (litellm.BadRequestError, ErrorCode.INVALID_ARGUMENT, False, "the upstream rejected the request"),
+        (litellm.MidStreamFallbackError, ErrorCode.UNAVAILABLE, True, BROKE_OFF),
+        (litellm.Timeout, *HTTP_STATUS[408]),
+        (litellm.RateLimitError, *HTTP_STATUS[429]),
+        (litellm.AuthenticationError, *HTTP_STATUS[401]),
+        (litellm.PermissionDeniedError, *HTTP_STATUS[403]),
+        (litellm.NotFoundError, *HTTP_STATUS[404]),
+        (litellm.UnprocessableEntityError, *HTTP_STATUS[422]),
+        (litellm.BadRequestError, *HTTP_STATUS[400]),
         (litellm.APIConnectionError, ErrorCode.UNAVAILABLE, True, "cannot reach the upstream"),
         (litellm.ServiceUnavailableError, ErrorCode.UNAVAILABLE, True, "the upstream is unavailable"),
-        (litellm.BadGatewayError, ErrorCode.UNAVAILABLE, True, "the upstream failed"),
-        (litellm.InternalServerError, ErrorCode.UNAVAILABLE, True, "the upstream failed"),
-        (openai.APIError, ErrorCode.UNAVAILABLE, True, "the upstream failed"),
+        (litellm.BadGatewayError, *SERVER_ERROR),
+        (litellm.InternalServerError, *SERVER_ERROR),
+        (openai.APIError, *SERVER_ERROR),
         (asyncio.TimeoutError, ErrorCode.DEADLINE_EXCEEDED, True, "the upstream timed out"),
         (ConnectionError, ErrorCode.UNAVAILABLE, True, "the connection to the upstream failed"),
     )
